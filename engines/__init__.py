@@ -1,0 +1,1 @@
+"""Inference backends behind one Runner interface; export and engine build."""

@@ -1,0 +1,124 @@
+"""``hazeflow`` command line (also ``python -m pipeline``).
+
+Each sub-command's work lives in its own module with a ``main(args) -> int``;
+this file only parses arguments and turns expected failures into one line:
+``hazeflow: error: <input>: <cause>``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import PipelineError
+
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+
+# sub-command -> module with main(args). train/export live in `training` (needs
+# torch) and build-engine in `engines`; they are imported only when asked for,
+# so the runtime never imports torch or training for `run`, `eval`, `bench`.
+COMMANDS = {
+    "run": "pipeline.commands.run",
+    "eval foreground": "pipeline.commands.eval_foreground",
+    "eval dehaze": "pipeline.commands.eval_dehaze",
+    "bench": "pipeline.commands.bench",
+    "train": "training.cli",
+    "export": "training.export_cli",
+    "build-engine": "engines.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hazeflow", description="Dehazing and moving-object detection for video.")
+    p.add_argument("--verbose", "-v", action="store_true", help="print tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the graph on inputs")
+    run.add_argument("config", nargs="?", default=None, help="YAML config (default: configs/default.yaml)")
+    run.add_argument("--input", "-i", action="append", default=None, metavar="URI",
+                     help="video file, rtsp:// URL, image folder or synthetic: URI (repeatable)")
+    run.add_argument("--output", "-o", default=None, metavar="DIR", help="output folder")
+    run.add_argument("--backend", choices=BACKENDS, default=None)
+    run.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    run.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="evaluate a method on a dataset")
+    evsub = ev.add_subparsers(dest="what", required=True)
+    fg = evsub.add_parser("foreground", help="CDnet metrics on CDnet-layout folders")
+    fg.add_argument("dirs", nargs="+", metavar="DIR")
+    fg.add_argument("--method", choices=("msfgnet", "mog2", "knn"), default="msfgnet")
+    fg.add_argument("--backend", choices=BACKENDS, default="auto")
+    fg.add_argument("--json", default=None, metavar="FILE", help="write results as JSON ('-' = stdout)")
+    dh = evsub.add_parser("dehaze", help="PSNR/SSIM/CIEDE2000 on paired folders")
+    dh.add_argument("--hazy", required=True, metavar="DIR")
+    dh.add_argument("--clear", required=True, metavar="DIR")
+    dh.add_argument("--method", choices=("rigan", "dcp", "none"), default="rigan")
+    dh.add_argument("--backend", choices=BACKENDS, default="auto")
+    dh.add_argument("--save", default=None, metavar="DIR", help="write each output as <stem>.png")
+    dh.add_argument("--json", default=None, metavar="FILE")
+
+    b = sub.add_parser("bench", help="per-stage and end-to-end throughput and latency")
+    b.add_argument("--resolution", action="append", default=None, metavar="WxH")
+    b.add_argument("--streams", type=int, action="append", default=None, metavar="K")
+    b.add_argument("--frames", type=int, default=120, metavar="N")
+    b.add_argument("--backend", choices=BACKENDS, default="auto")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    b.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    b.add_argument("--json", default=None, metavar="FILE")
+    b.add_argument("--markdown", default=None, metavar="FILE", help="append a table to this file")
+
+    t = sub.add_parser("train", help="train a model (needs the [train] extra)")
+    t.add_argument("model", choices=("msfgnet", "rigan"))
+    t.add_argument("--config", default=None, metavar="FILE")
+    t.add_argument("--out", default=None, metavar="DIR")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+
+    e = sub.add_parser("export", help="export trained weights to ONNX (needs the [train] extra)")
+    e.add_argument("model", choices=("msfgnet", "rigan"))
+    e.add_argument("--weights", default=None, metavar="FILE")
+    e.add_argument("--out", required=True, metavar="FILE.onnx")
+
+    be = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine, parity-gated")
+    be.add_argument("onnx", metavar="FILE.onnx")
+    be.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    be.add_argument("--calibration", default=None, metavar="URI", help="frames for int8 calibration")
+    return p
+
+
+def command_key(args: argparse.Namespace) -> str:
+    return f"eval {args.what}" if args.command == "eval" else args.command
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    key = command_key(args)
+    try:
+        module = importlib.import_module(COMMANDS[key])
+        return int(module.main(args) or 0)
+    except PipelineError as e:
+        if args.verbose:
+            raise
+        print(f"hazeflow: error: {e.input}: {e.cause}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if args.verbose:
+            raise
+        hint = " (install the [train] extra: pip install -e .[train])" if e.name == "torch" else ""
+        print(f"hazeflow: error: {key}: missing module {e.name}{hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hazeflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else still gets one line unless --verbose
+        if args.verbose:
+            raise
+        where = getattr(e, "input", key)
+        cause = getattr(e, "cause", None) or f"{type(e).__name__}: {e}"
+        print(f"hazeflow: error: {where}: {cause}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

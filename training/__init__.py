@@ -1,0 +1,1 @@
+"""Models, losses, data and training loops (needs torch)."""

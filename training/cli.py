@@ -1,0 +1,10 @@
+"""``hazeflow train msfgnet|rigan``: dispatch to the model's training loop."""
+from __future__ import annotations
+
+import importlib
+
+LOOPS = {"msfgnet": "training.train_msfgnet", "rigan": "training.train_rigan"}
+
+
+def main(args) -> int:
+    return int(importlib.import_module(LOOPS[args.model]).main(args) or 0)

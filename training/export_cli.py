@@ -1,0 +1,10 @@
+"""``hazeflow export msfgnet|rigan --weights FILE --out FILE.onnx``."""
+from __future__ import annotations
+
+import importlib
+
+EXPORTERS = {"msfgnet": "training.train_msfgnet", "rigan": "training.train_rigan"}
+
+
+def main(args) -> int:
+    return int(importlib.import_module(EXPORTERS[args.model]).export(args) or 0)
