@@ -56,3 +56,19 @@ def verified_path(path: str | Path, manifest: str | Path = MANIFEST) -> Path:
             path, f"sha256 {actual[:12]}… does not match the manifest's {entry['sha256'][:12]}… (corrupt or replaced file)"
         )
     return path
+
+
+def record(path: str | Path, manifest: str | Path = MANIFEST, **meta) -> dict:
+    """Add or replace the manifest entry of ``path`` (sha256 computed here) with ``meta``.
+
+    Read-modify-write of one key, so entries of other models are kept.
+    """
+    path = Path(path)
+    manifest = Path(manifest)
+    data = json.loads(manifest.read_text()) if manifest.is_file() else {"files": {}}
+    entry = {"sha256": sha256_of(path), "bytes": path.stat().st_size, **meta}
+    data.setdefault("files", {})[path.name] = entry
+    tmp = manifest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(manifest)
+    return entry
