@@ -1,0 +1,135 @@
+"""``hazeflow run [CONFIG] [--input URI ...] [--output DIR] ...``: run the graph.
+
+Loads the config (``configs/default.yaml`` when none is given), applies the
+command-line overrides, opens every input, builds the stages and runs the
+graph. Exit status: 0 when every input was processed to its end, 130 after
+Ctrl-C (outputs of the processed frames are still finalised), otherwise the
+first error is raised as a one-line ``PipelineError`` after ``summary.json``
+has recorded it.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pipeline.config import load_config, with_overrides
+from pipeline.errors import ConfigError
+from pipeline.graph import Graph, build_stages
+
+
+def open_sources(config) -> list:
+    """Open every input (fails fast on a missing file or bad URI, before any thread starts)."""
+    from pipeline.sources import open_source
+
+    sources = []
+    try:
+        for item in config.inputs:
+            sources.append(open_source(item.uri, name=item.name, **dict(item.options)))
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return sources
+
+
+def live_overrides(config, sources) -> dict:
+    return {s.name: item.live for item, s in zip(config.inputs, sources) if item.live is not None}
+
+
+class Progress:
+    """tqdm bar over processed frames (total known for files), with frames/s and drops."""
+
+    def __init__(self, sources, enabled: bool, max_frames: int | None = None):
+        self.bar = None
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        totals = [_frame_count(s) for s in sources]
+        if max_frames is not None:
+            totals = [max_frames if t is None else min(t, max_frames) for t in totals]
+        total = sum(totals) if all(t is not None for t in totals) else None
+        self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True, leave=True, file=sys.stderr)
+
+    def __call__(self, p: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = p["processed"]
+        self.bar.set_postfix(fps=f"{p['fps']:.1f}", dropped=p["dropped"], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _frame_count(source):
+    for attr in ("declared_frames", "frame_count", "total_frames"):
+        n = getattr(source, attr, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    try:
+        n = len(source)
+        return n if n > 0 else None
+    except TypeError:
+        return None
+
+
+def main(args) -> int:
+    config = load_config(args.config)
+    config = with_overrides(config, inputs=args.input, output=args.output, backend=args.backend,
+                            device=args.device, max_frames=args.max_frames)
+    if not config.inputs:
+        raise ConfigError("inputs", "no input: give --input URI or list `inputs:` in the config")
+    nodes = build_stages(config.stages)
+    sources = open_sources(config)
+    try:
+        graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
+                      policy=config.runtime.policy, max_frames=config.runtime.max_frames,
+                      live=live_overrides(config, sources))
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    progress = Progress(sources, show, config.runtime.max_frames)
+    restore = _sigterm_as_interrupt()
+    try:
+        report = graph.run(sources, on_progress=progress if show else None)
+    finally:
+        if show:
+            progress(graph.progress())
+        progress.close()
+        restore()
+    _print_outputs(report, Path(config.output))
+    if report.interrupted:
+        print("hazeflow: interrupted; outputs of the processed frames were kept", file=sys.stderr)
+        return 130
+    if report.error is not None:
+        raise report.error
+    return 0
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a service manager stopping us) shuts down like Ctrl-C: outputs are finalised."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _print_outputs(report, root: Path) -> None:
+    for name, stream in report.streams.items():
+        f = stream["frames"]
+        fps = f"{stream['fps']:.1f} frames/s" if stream["fps"] else "-"
+        drops = f", {f['dropped']} dropped" if f["dropped"] else ""
+        print(f"{name}: {f['processed']}/{f['in']} frames{drops}, {fps} -> {root / name}/")
+        for path in stream["outputs"]:
+            print(f"  {root / name / path}")
+        print(f"  {root / name / 'summary.json'}")

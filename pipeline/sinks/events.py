@@ -1,0 +1,69 @@
+"""``events.jsonl``: one JSON line per processed frame.
+
+Keys: ``index``, ``pts``, ``objects`` (``frame.data["objects"]`` as the blob
+stage wrote them: box, area, track id), ``counts`` (per zone), and
+``haze_score`` / ``dehaze_applied`` when a dehazing stage set them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.frame import Frame
+from pipeline.sinks.atomic import commit, partial_path
+
+_OPTIONAL = ("haze_score", "dehaze_applied")
+
+
+def _plain(value):
+    """json.dumps fallback for numpy scalars and arrays coming out of stages."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def event_record(frame: Frame) -> dict:
+    data = frame.data
+    record = {
+        "index": frame.index,
+        "pts": frame.pts,
+        "objects": data.get("objects", []),
+        "counts": data.get("counts", {}),
+    }
+    for key in _OPTIONAL:
+        if key in data:
+            record[key] = data[key]
+    return record
+
+
+class EventsSink:
+    filename = "events.jsonl"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.filename
+        self._partial = partial_path(self.path)
+        self._file = open(self._partial, "w", encoding="utf-8")
+        self._encoder = json.JSONEncoder(default=_plain, separators=(",", ":"), allow_nan=False)
+        self.lines = 0
+
+    @property
+    def paths(self):
+        return [self.path]
+
+    def write(self, frame: Frame) -> None:
+        self._file.write(self._encoder.encode(event_record(frame)))
+        self._file.write("\n")
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        commit(self._partial, self.path)
