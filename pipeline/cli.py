@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--method", choices=("msfgnet", "mog2", "knn"), default="msfgnet")
     fg.add_argument("--backend", choices=BACKENDS, default="auto")
     fg.add_argument("--json", default=None, metavar="FILE", help="write results as JSON ('-' = stdout)")
+    fg.add_argument("--frames", default=None, metavar="A:B",
+                    help="score only frames A..B (inclusive) of the temporal ROI; all frames still run")
     dh = evsub.add_parser("dehaze", help="PSNR/SSIM/CIEDE2000 on paired folders")
     dh.add_argument("--hazy", required=True, metavar="DIR")
     dh.add_argument("--clear", required=True, metavar="DIR")
@@ -84,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("onnx", metavar="FILE.onnx")
     be.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     be.add_argument("--calibration", default=None, metavar="URI", help="frames for int8 calibration")
+    be.add_argument("--workspace", type=int, default=1024, metavar="MiB", help="builder scratch memory (Jetson: 256-512)")
+    be.add_argument("--max-size", default="1920x1088", metavar="WxH", help="largest frame the engine accepts")
+    be.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames per engine call")
+    be.add_argument("--dla-core", type=int, default=None, metavar="N", help="Jetson: run on this DLA core (fixed shapes)")
+    be.add_argument("--cache", default=None, metavar="DIR", help="engine cache folder (default: <onnx folder>/engines)")
     return p
 
 
