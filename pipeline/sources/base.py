@@ -66,6 +66,7 @@ class Source:
         self._pending_reset: str | None = None
         self._stop = threading.Event()  # set by close(); live sources wait on it between retries
         self.closed = False
+        self._released = False
 
     # --- for subclasses -------------------------------------------------------
     def default_name(self) -> str:
@@ -110,11 +111,19 @@ class Source:
             frame.data["stream_reset"] = self._pending_reset
             self._pending_reset = None
 
+    def stop(self) -> None:
+        """Ask a reader blocked in another thread to end, without touching its
+        native resources: it sees the flag at its next frame or timeout, and the
+        reader thread itself then calls ``close()``."""
+        self.closed = True
+        self._stop.set()
+
     def close(self) -> None:
         """Stop and release resources. Safe to call twice, and from another thread
         while a read blocks: the reader then stops at its next timeout."""
-        if self.closed:
+        if self._released:
             return
+        self._released = True
         self.closed = True
         self._stop.set()
         if self._iterator is not None:
