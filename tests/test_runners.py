@@ -226,3 +226,16 @@ def test_named_models_onnxruntime_matches_torch_on_real_frames(name, tmp_path):
         report = check_parity(ref, ort, feeds, model=name, precision="fp32")
     print(report.summary())
     assert report.max_abs > 0 or name == "msfgnet"  # RI-GAN really computed something
+
+
+@pytest.mark.parametrize("level", ["disable", "basic", "extended"])
+def test_onnxruntime_optimisation_levels_agree_with_full_optimisation(tiny, level):
+    """Every graph optimisation level computes the same function as the default ("all")."""
+    from engines.onnxruntime.runner import OnnxRuntimeRunner
+
+    inputs = feeds(1)[0]
+    with OnnxRuntimeRunner(tiny["onnx"], threads=1) as full, \
+            OnnxRuntimeRunner(tiny["onnx"], threads=1, optimization=level) as other:
+        np.testing.assert_allclose(other.infer(inputs)["fg_prob"], full.infer(inputs)["fg_prob"], atol=1e-5)
+    with pytest.raises(ValueError, match="optimization must be one of"):
+        OnnxRuntimeRunner(tiny["onnx"], optimization="max")

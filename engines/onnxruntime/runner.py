@@ -15,10 +15,17 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, threads: int | None = None, name: str = ""):
+    #: graph optimisation levels by the names used in configs
+    OPTIMIZATION = ("disable", "basic", "extended", "all")
+
+    def __init__(self, model_path: str | Path, threads: int | None = None, name: str = "",
+                 optimization: str = "all"):
         super().__init__(name or Path(model_path).name)
+        if optimization not in self.OPTIMIZATION:
+            raise ValueError(f"optimization must be one of {self.OPTIMIZATION}, not {optimization!r}")
         self.model_path = str(model_path)
         self.threads = threads
+        self.optimization = optimization
         self._session = None
         self._specs: list[TensorSpec] | None = None
 
@@ -26,7 +33,12 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
         opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
