@@ -1,0 +1,334 @@
+"""Dehazing stage: RI-GAN (Dudhane et al., CVPR-W 2019) or DCP, gated by the haze score.
+
+Gate (``when: auto``): the haze score of pipeline.stages.dcp (mean dark channel
+of a 96x54 copy, He et al. 2009) is computed for every frame (< 1 ms). A stream
+switches dehazing on after ``hold_frames`` consecutive frames at or above
+``threshold`` and off after ``hold_frames`` consecutive frames below
+``threshold - hysteresis``, so a score hovering near the threshold does not make
+the output flicker. The first frame of a stream decides at once. Clear frames
+cost only the score and pass the input image through (no copy).
+
+RI-GAN runs at ``internal_scale`` of the frame size (sides rounded to the
+network stride, 4). Its graph also returns the transmission t and airlight A of
+its scattering-model head, so the full-size result is J = (I − A)/t + A with t
+carried to full size by the fast guided filter (He & Sun 2015): t ≈ α·grey + β
+is fitted in small windows at the internal size, α and β are enlarged and
+applied to the full-size grey frame, so t keeps the frame's edges. A graph
+without those outputs falls back to fitting dehazed ≈ a·hazy + b per channel
+the same way. At ``internal_scale: 1`` the frame is reflect-padded to the
+stride and cropped back.
+
+Ports: ``dehazed`` (uint8 BGR, the input array itself when not applied),
+``haze_score`` (float), ``dehaze_applied`` (bool). The runtime needs no torch:
+ONNX Runtime on the CPU by default; ``backend: torch`` uses engines.torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+
+from pipeline.errors import ConfigError, StageError, WeightsError
+from pipeline.frame import Frame
+from pipeline.stages.base import Stage
+from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
+
+
+def _to_bgr8(image: np.ndarray, where: str) -> np.ndarray:
+    """Documented conversions so odd frames never crash the stage.
+
+    grey (HxW or HxWx1) -> 3 channels; BGRA -> alpha dropped; uint16 -> high byte;
+    float -> assumed in [0, 1]. Anything else, or a side under 4 px, is a StageError.
+    """
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        raise StageError(where, "frame has no image data")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise StageError(where, f"unsupported pixel type {image.dtype}")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        image = cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif not (image.ndim == 3 and image.shape[2] == 3):
+        raise StageError(where, f"unsupported image shape {image.shape}")
+    if min(image.shape[:2]) < STRIDE:
+        raise StageError(where, f"image {image.shape[1]}x{image.shape[0]} is too small to dehaze (min {STRIDE} px)")
+    return np.ascontiguousarray(image)
+
+
+class _Gate:
+    """Per-stream on/off state with hysteresis and a hold count."""
+
+    __slots__ = ("active", "count", "started")
+
+    def __init__(self):
+        self.active, self.count, self.started = False, 0, False
+
+    def update(self, score: float, enter: float, leave: float, hold: int) -> bool:
+        if not self.started:
+            self.started, self.active = True, score >= enter
+            return self.active
+        crossing = score < leave if self.active else score >= enter
+        self.count = self.count + 1 if crossing else 0
+        if self.count >= hold:
+            self.active, self.count = not self.active, 0
+        return self.active
+
+
+class GuidedUpsampler:
+    """Carries a low-resolution dehazing result to full resolution through local affine maps.
+
+    Buffers are kept per (low, full) shape pair; a new shape reallocates once.
+    """
+
+    def __init__(self, radius: int = 4, eps: float = 1e-3):
+        self.radius, self.eps = radius, eps
+        self._shape = None
+
+    def __call__(self, hazy_low: np.ndarray, out_low: np.ndarray, hazy_full: np.ndarray) -> np.ndarray:
+        """``hazy_low``/``out_low``: hxwx3 float32 in [0, 1]; ``hazy_full``: HxWx3 uint8. Returns uint8."""
+        k = (2 * self.radius + 1,) * 2
+        box = lambda x: cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+        mi, mo = box(hazy_low), box(out_low)
+        var = box(hazy_low * hazy_low) - mi * mi
+        cov = box(hazy_low * out_low) - mi * mo
+        a = cov / (var + self.eps)
+        b = mo - a * mi
+        a, b = box(a), box(b)
+        h, w = hazy_full.shape[:2]
+        if self._shape != (h, w):
+            self._shape = (h, w)
+            self._full = np.empty((h, w, 3), np.float32)
+        a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+        b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
+        f = np.multiply(hazy_full, np.float32(1.0 / 255.0), out=self._full, casting="unsafe")
+        cv2.multiply(f, a, dst=f)
+        cv2.add(f, b, dst=f)
+        np.clip(f, 0.0, 1.0, out=f)
+        return cv2.convertScaleAbs(f, alpha=255.0)
+
+
+class TransmissionUpsampler:
+    """Full-size transmission from a low-resolution one, guided by the full-size grey frame,
+    then the scattering model inverted at full size: J = (I − A) / t + A."""
+
+    def __init__(self, radius: int = 4, eps: float = 1e-3, t_min: float = 0.05):
+        self.radius, self.eps, self.t_min = radius, eps, t_min
+        self._shape = None
+
+    def __call__(self, t_low: np.ndarray, airlight: np.ndarray, grey_low: np.ndarray,
+                 image: np.ndarray) -> np.ndarray:
+        """``t_low``, ``grey_low``: hxw float32; ``airlight``: 3 floats in [0, 1]; ``image``: HxWx3 uint8."""
+        k = (2 * self.radius + 1,) * 2
+        box = lambda x: cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+        mg, mt = box(grey_low), box(t_low)
+        var = box(grey_low * grey_low) - mg * mg
+        cov = box(grey_low * t_low) - mg * mt
+        alpha = cov / (var + self.eps)
+        beta = mt - alpha * mg
+        alpha, beta = box(alpha), box(beta)
+        h, w = image.shape[:2]
+        if self._shape != (h, w):
+            self._shape = (h, w)
+            self._f = np.empty((h, w, 3), np.float32)
+            self._grey = np.empty((h, w), np.float32)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        grey = np.multiply(grey, np.float32(1.0 / 255.0), out=self._grey, casting="unsafe")
+        t = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
+        cv2.multiply(t, grey, dst=t)
+        cv2.add(t, cv2.resize(beta, (w, h), interpolation=cv2.INTER_LINEAR), dst=t)
+        np.maximum(t, self.t_min, out=t)
+        r = cv2.divide(1.0, t, dst=t)
+        a = tuple(float(v) * 255.0 for v in np.asarray(airlight).reshape(3)) + (0.0,)
+        f = cv2.subtract(image.astype(np.float32), a)            # I - A
+        cv2.multiply(f, cv2.merge((r, r, r), dst=self._f), dst=f)  # (I - A) / t
+        cv2.add(f, a, dst=f)                                      # + A
+        return cv2.convertScaleAbs(cv2.max(f, 0.0, dst=f))        # clip to [0, 255] (max first: no abs)
+
+
+class DehazeStage(Stage):
+    """Gated dehazing; writes ``dehazed``, ``haze_score`` and ``dehaze_applied``."""
+
+    name = "dehaze"
+    inputs = ("image",)
+    outputs = ("dehazed", "haze_score", "dehaze_applied")
+    max_batch = 1
+
+    @dataclass(frozen=True)
+    class Config:
+        when: Literal["always", "never", "auto"] = "auto"
+        method: Literal["rigan", "dcp"] = "rigan"
+        threshold: float = 0.5        # haze score that switches dehazing on (auto); tune per camera
+        hysteresis: float = 0.04      # switches off below threshold - hysteresis
+        hold_frames: int = 5          # consecutive frames beyond a threshold before switching
+        backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+        weights: str = "weights/rigan.onnx"             # ONNX Runtime graph (sha256 in weights/manifest.json)
+        torch_weights: str = "weights/rigan.pt"         # state_dict for backend: torch
+        torch_factory: str = "training.models.rigan:RIGeneratorPorts"  # must match torch_weights' width
+        device: Literal["cpu", "cuda"] = "cpu"          # backend: torch only
+        manifest: str = "weights/manifest.json"         # sha256 list the weights are checked against
+        internal_scale: float = 0.5   # network input size as a fraction of the frame (1 = full size)
+        guided_radius: int = 4        # window radius of the guided upsampling at the internal size
+        guided_eps: float = 1e-3
+        threads: int | None = None    # ONNX Runtime intra-op threads (None = all cores)
+
+    def __init__(self, config: "DehazeStage.Config | None" = None):
+        self.config = config or self.Config()
+        _check(self.config)
+        self._runner = None
+        self._gates: dict[str, _Gate] = {}
+        self._dcp: dict[str, DarkChannelDehazer] = {}
+        self._upsampler = GuidedUpsampler(self.config.guided_radius, self.config.guided_eps)
+        self._t_upsampler = TransmissionUpsampler(self.config.guided_radius, self.config.guided_eps)
+        self._input = None
+
+    # --- lifecycle -----------------------------------------------------------
+    def setup(self) -> None:
+        c = self.config
+        if c.when == "never" or c.method != "rigan" or self._runner is not None:
+            return
+        backend = c.backend
+        if backend == "auto":
+            backend = "torch" if c.device == "cuda" else "onnxruntime"
+        self._runner = self._torch_runner() if backend == "torch" else self._ort_runner()
+
+    def _resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else ROOT / p
+
+    def _verified(self, path: str) -> Path:
+        from engines.weights import WeightsError as ManifestError, verified_path
+
+        try:
+            return verified_path(self._resolve(path), self._resolve(self.config.manifest))
+        except ManifestError as e:
+            raise WeightsError(e.input, e.cause) from None
+
+    def _ort_runner(self):
+        from engines.onnxruntime.runner import OnnxRuntimeRunner
+
+        path = self._verified(self.config.weights)
+        runner = OnnxRuntimeRunner(path, threads=self.config.threads, name="rigan")
+        try:
+            return runner.activate()
+        except Exception as e:  # a hash-matching but unusable graph (wrong opset, truncated before hashing)
+            raise WeightsError(str(path), f"ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:160]})") from None
+
+    def _torch_runner(self):
+        try:
+            from engines.torch.runner import TorchRunner
+        except ImportError as e:
+            raise StageError("stages.dehaze.backend", f"torch backend unavailable ({e})") from None
+        path = self._verified(self.config.torch_weights)
+        runner = TorchRunner(self.config.torch_factory, weights=path, device=self.config.device,
+                             input_names=("hazy",), threads=self.config.threads,
+                             manifest=self._resolve(self.config.manifest),
+                             name="rigan")
+        try:
+            return runner.activate()
+        except Exception as e:
+            raise WeightsError(str(path), f"cannot build the torch model ({str(e)[:200]})") from None
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def reset_stream(self, stream: str) -> None:
+        self._gates.pop(stream, None)
+        self._dcp.pop(stream, None)
+
+    # --- per frame -------------------------------------------------------------
+    def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
+        c = self.config
+        for frame in frames:
+            where = f"{frame.stream}#{frame.index}"
+            image = frame.image
+            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                    and image.shape[2] == 3 and min(image.shape[:2]) >= STRIDE):
+                image = _to_bgr8(image, where)
+            score = haze_score(image)
+            if c.when == "always":
+                apply = True
+            elif c.when == "never":
+                apply = False
+            else:
+                gate = self._gates.get(frame.stream)
+                if gate is None:
+                    gate = self._gates[frame.stream] = _Gate()
+                apply = gate.update(score, c.threshold, c.threshold - c.hysteresis, c.hold_frames)
+            frame.data["haze_score"] = score
+            frame.data["dehaze_applied"] = apply
+            frame.data["dehazed"] = self.dehaze(image, frame.stream) if apply else image
+        return frames
+
+    def dehaze(self, image: np.ndarray, stream: str = "") -> np.ndarray:
+        """Dehaze one HxWx3 uint8 BGR image (any size) with the configured method."""
+        if self.config.method == "dcp":
+            dehazer = self._dcp.get(stream)
+            if dehazer is None:
+                dehazer = self._dcp[stream] = DarkChannelDehazer(DcpStage.Config())
+            return dehazer.dehaze(image)
+        if self._runner is None:
+            self.setup()
+        return self._rigan(image)
+
+    def _network_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(low-res HxWx3 float image, 1x3xhxw network input) at the internal size, padded to the stride."""
+        h, w = image.shape[:2]
+        s = self.config.internal_scale
+        if s < 1.0:
+            sw = max(STRIDE, int(round(w * s / STRIDE)) * STRIDE)
+            sh = max(STRIDE, int(round(h * s / STRIDE)) * STRIDE)
+            small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        else:
+            ph, pw = (-h) % STRIDE, (-w) % STRIDE
+            border = cv2.BORDER_REFLECT_101 if min(h, w) > max(ph, pw) else cv2.BORDER_REPLICATE
+            small = cv2.copyMakeBorder(image, 0, ph, 0, pw, border) if (ph or pw) else image
+        low = small.astype(np.float32)
+        low *= np.float32(1.0 / 255.0)
+        return low, np.ascontiguousarray(low.transpose(2, 0, 1))[None]
+
+    def _rigan(self, image: np.ndarray) -> np.ndarray:
+        low, x = self._network_input(image)
+        try:
+            outs = self._runner.infer({"hazy": x})
+        except Exception as e:
+            raise StageError("dehaze", f"RI-GAN inference failed on a {image.shape[1]}x{image.shape[0]} frame: {e}") from e
+        h, w = image.shape[:2]
+        if self.config.internal_scale >= 1.0:
+            out = np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0)[:h, :w])
+            return cv2.convertScaleAbs(np.clip(out, 0.0, 1.0, out=out), alpha=255.0)
+        if "transmission" in outs and "airlight" in outs:
+            grey_low = cv2.cvtColor(low, cv2.COLOR_BGR2GRAY)
+            return self._t_upsampler(outs["transmission"][0, 0], outs["airlight"].reshape(3), grey_low, image)
+        out_low = np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0))
+        return self._upsampler(low, out_low, image)
+
+
+def _check(c: DehazeStage.Config) -> None:
+    rules = {
+        "when": c.when in ("always", "never", "auto"),
+        "method": c.method in ("rigan", "dcp"),
+        "backend": c.backend in ("auto", "onnxruntime", "torch"),
+        "device": c.device in ("cpu", "cuda"),
+        "threshold": 0.0 <= c.threshold <= 1.0,
+        "hysteresis": 0.0 <= c.hysteresis <= c.threshold,
+        "hold_frames": isinstance(c.hold_frames, int) and c.hold_frames >= 1,
+        "internal_scale": 0.05 <= c.internal_scale <= 1.0,
+        "guided_radius": c.guided_radius >= 1,
+        "guided_eps": c.guided_eps > 0,
+        "threads": c.threads is None or c.threads >= 1,
+    }
+    for key, ok in rules.items():
+        if not ok:
+            raise ConfigError(f"stages.dehaze.{key}", f"invalid value {getattr(c, key)!r}")

@@ -1,0 +1,94 @@
+"""``hazeflow train rigan`` / ``hazeflow export rigan``: a tiny real run, --resume, export, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from pipeline.cli import main as cli  # noqa: E402
+
+TINY = """
+seed: 3
+model: {{width: 8, blocks: 1, d_width: 8}}
+data: {{patch: 32, short_side: [40, 48], samples_per_epoch: 4, clear: [{{path: {clear}, kind: road}}]}}
+train: {{epochs: {epochs}, batch: 2, adv_start: 1, checkpoint_every: 1}}
+val: {{hazy: {hazy}, clear: {clear}, limit: 2, sheet: 1}}
+"""
+
+
+@pytest.fixture()
+def tiny_setup(tmp_path: Path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    clear, hazy = tmp_path / "clear", tmp_path / "hazy"
+    clear.mkdir()
+    hazy.mkdir()
+    for i in range(2):
+        img = (rng.random((40, 52, 3)) * 255).astype(np.uint8)
+        cv2.imwrite(str(clear / f"{i}.png"), img)
+        cv2.imwrite(str(hazy / f"{i}.png"), (img * 0.5 + 100).astype(np.uint8))
+
+    def config(epochs: int) -> Path:
+        path = tmp_path / f"tiny{epochs}.yaml"
+        path.write_text(TINY.format(clear=clear, hazy=hazy, epochs=epochs))
+        return path
+
+    return tmp_path, config
+
+
+def test_two_iterations_then_resume_then_export(tiny_setup, capsys):
+    import onnxruntime as ort
+    import torch
+
+    tmp, config = tiny_setup
+    out = tmp / "run"
+    assert cli(["train", "rigan", "--config", str(config(1)), "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("last.pt", "rigan.pt", "curves.png", "samples.png", "history.json", "train.log"):
+        assert (out / name).is_file(), name
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["iteration"] == 2 and ck["epoch"] == 1
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["val_psnr"]) == 1 and np.isfinite(hist["val_psnr"][0])
+
+    # resume with one more epoch: continues from iteration 2, not from scratch
+    assert cli(["train", "rigan", "--config", str(config(2)), "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["iteration"] == 4 and ck["epoch"] == 2
+    assert "resumed at epoch 1" in (out / "train.log").read_text()
+    assert len(json.loads((out / "history.json").read_text())["val_psnr"]) == 2
+
+    onnx_path = tmp / "tiny.onnx"
+    assert cli(["export", "rigan", "--weights", str(out / "rigan.pt"), "--out", str(onnx_path)]) == 0
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"hazy": np.random.rand(1, 3, 36, 44).astype(np.float32)})[0]
+    assert y.shape == (1, 3, 36, 44)
+
+
+def test_bad_config_and_bad_weights_are_one_line_errors(tiny_setup, capsys):
+    tmp, config = tiny_setup
+    bad = tmp / "bad.yaml"
+    bad.write_text("train: {epochz: 3}\n")
+    assert cli(["train", "rigan", "--config", str(bad), "--out", str(tmp / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hazeflow: error: train.epochz: unknown key") and "\n" not in err
+    junk = tmp / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert cli(["export", "rigan", "--weights", str(junk), "--out", str(tmp / "o.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "junk.pt" in err and "\n" not in err
+
+
+def test_nan_loss_stops_training_with_a_clear_message(tiny_setup, capsys):
+    """An absurd learning rate blows the weights up; the guard stops with one line, not a traceback."""
+    tmp, config = tiny_setup
+    path = config(3)
+    path.write_text(path.read_text().replace("adv_start: 1", "adv_start: 1, lr_g: 1.0e+30, lr_d: 1.0e+30"))
+    code = cli(["train", "rigan", "--config", str(path), "--out", str(tmp / "nan"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # lines before it are the progress bar
+    assert code == 2, err
+    assert err.startswith("hazeflow: error: train rigan iteration") and "loss is" in err
