@@ -74,7 +74,7 @@ def test_benet_starts_from_the_temporal_median(frames):
 
 def test_size_accounting():
     m = build()
-    assert count_parameters(m) == 29730           # the value documented in docs/models_msfgnet.md
+    assert count_parameters(m) == 29730           # the value documented in docs/models.md
     assert count_macs(m, 120, 160) == 50_534_400  # 160x120: the working size of a 320x240 frame
     assert count_macs(m, 180, 320) == 151_418_880
     narrow = MSFgNet(MsfgnetSpec(wide_context=False))

@@ -9,7 +9,7 @@ The paper's network has two parts trained end to end:
   foreground probability map.
 
 This implementation keeps that structure and is sized for real time on two CPU
-cores (see docs/models_msfgnet.md for the layer table and every deviation).
+cores (see docs/models.md for the layer table and every deviation).
 The main ones, all made so the model generalises beyond the scenes it was
 trained on and runs at 60 frames/s at 160x120:
 

@@ -13,7 +13,7 @@ concatenation of all earlier feature maps of the block, and the block adds its
 input back. It sees (hazy, candidate) stacked on channels and returns one logit
 per patch.
 
-Deviations from the paper (also in docs/models_rigan.md):
+Deviations from the paper (also in docs/models.md):
 - ``width`` scales every layer; the paper's width is 64, the CPU default is 16.
 - The multi-scale branches are 3x3 convolutions with dilation 1, 2, 3 instead of
   3x3/5x5/7x7 kernels: the same receptive fields at ~1/3 of the cost.
