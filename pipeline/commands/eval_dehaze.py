@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.commands.eval_foreground import build_stage, write_json
 from pipeline.errors import ConfigError, PipelineError, SourceError, SourceNotFoundError, StageError
 from pipeline.frame import Frame
+from pipeline.imageio import to_bgr8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PSNR_CAP = 100.0
@@ -90,15 +91,7 @@ def read_bgr8(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise SourceError(str(path), "cannot read this image (truncated or not an image)")
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise SourceError(str(path), f"unsupported sample type {image.dtype} (8 or 16-bit images only)")
-    if image.ndim == 2 or image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
+    return to_bgr8(image, str(path))
 
 
 def make_method(name: str, backend: str):

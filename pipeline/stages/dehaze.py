@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError, StageError, WeightsError
 from pipeline.frame import Frame
+from pipeline.imageio import to_bgr8
 from pipeline.stages.base import Stage
 from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
 
@@ -40,29 +41,18 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
 
 
-def _to_bgr8(image: np.ndarray, where: str) -> np.ndarray:
-    """Documented conversions so odd frames never crash the stage.
-
-    grey (HxW or HxWx1) -> 3 channels; BGRA -> alpha dropped; uint16 -> high byte;
-    float -> assumed in [0, 1]. Anything else, or a side under 4 px, is a StageError.
-    """
-    if not isinstance(image, np.ndarray) or image.size == 0:
-        raise StageError(where, "frame has no image data")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype in (np.float32, np.float64):
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise StageError(where, f"unsupported pixel type {image.dtype}")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        image = cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif not (image.ndim == 3 and image.shape[2] == 3):
-        raise StageError(where, f"unsupported image shape {image.shape}")
-    if min(image.shape[:2]) < STRIDE:
-        raise StageError(where, f"image {image.shape[1]}x{image.shape[0]} is too small to dehaze (min {STRIDE} px)")
-    return np.ascontiguousarray(image)
+def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: float):
+    """Mean-filtered linear coefficients (a, b) of the guided filter (He, Sun & Tang 2010,
+    eq. 7-8): ``src ≈ a * guide + b`` in each window. Upsampling a and b and applying them to
+    the full-size guide transfers a low-resolution result to full resolution."""
+    k = (2 * radius + 1,) * 2
+    box = lambda x: cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    mg, ms = box(guide), box(src)
+    var = box(guide * guide) - mg * mg
+    cov = box(guide * src) - mg * ms
+    a = cov / (var + eps)
+    b = ms - a * mg
+    return box(a), box(b)
 
 
 class _Gate:
@@ -96,14 +86,7 @@ class GuidedUpsampler:
 
     def __call__(self, hazy_low: np.ndarray, out_low: np.ndarray, hazy_full: np.ndarray) -> np.ndarray:
         """``hazy_low``/``out_low``: hxwx3 float32 in [0, 1]; ``hazy_full``: HxWx3 uint8. Returns uint8."""
-        k = (2 * self.radius + 1,) * 2
-        box = lambda x: cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)  # noqa: E731
-        mi, mo = box(hazy_low), box(out_low)
-        var = box(hazy_low * hazy_low) - mi * mi
-        cov = box(hazy_low * out_low) - mi * mo
-        a = cov / (var + self.eps)
-        b = mo - a * mi
-        a, b = box(a), box(b)
+        a, b = guided_coefficients(hazy_low, out_low, self.radius, self.eps)
         h, w = hazy_full.shape[:2]
         if self._shape != (h, w):
             self._shape = (h, w)
@@ -128,14 +111,7 @@ class TransmissionUpsampler:
     def __call__(self, t_low: np.ndarray, airlight: np.ndarray, grey_low: np.ndarray,
                  image: np.ndarray) -> np.ndarray:
         """``t_low``, ``grey_low``: hxw float32; ``airlight``: 3 floats in [0, 1]; ``image``: HxWx3 uint8."""
-        k = (2 * self.radius + 1,) * 2
-        box = lambda x: cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)  # noqa: E731
-        mg, mt = box(grey_low), box(t_low)
-        var = box(grey_low * grey_low) - mg * mg
-        cov = box(grey_low * t_low) - mg * mt
-        alpha = cov / (var + self.eps)
-        beta = mt - alpha * mg
-        alpha, beta = box(alpha), box(beta)
+        alpha, beta = guided_coefficients(grey_low, t_low, self.radius, self.eps)
         h, w = image.shape[:2]
         if self._shape != (h, w):
             self._shape = (h, w)
@@ -255,7 +231,7 @@ class DehazeStage(Stage):
             image = frame.image
             if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                     and image.shape[2] == 3 and min(image.shape[:2]) >= STRIDE):
-                image = _to_bgr8(image, where)
+                image = to_bgr8(image, where, min_side=STRIDE, error=StageError)
             score = haze_score(image)
             if c.when == "always":
                 apply = True

@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline import imageio
 from pipeline.errors import SourceError, SourceNotFoundError
 from pipeline.haze import apply_haze, road_depth, transmission
 
@@ -44,30 +45,9 @@ MIN_SIDE = 16  # smaller images cannot carry a useful training crop or a network
 
 # --------------------------------------------------------------------------- reading
 def to_bgr8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Convert what OpenCV may return into HxWx3 uint8 BGR (documented conversions).
-
-    grey -> replicated to 3 channels; BGRA -> alpha dropped; 16-bit -> scaled
-    by 1/257; float -> assumed in [0, 1]. Anything else is a SourceError.
-    """
-    if image is None or not isinstance(image, np.ndarray) or image.size == 0:
-        raise SourceError(name, "not a readable image")
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) * (1.0 / 257.0) + 0.5).astype(np.uint8)
-    elif image.dtype in (np.float32, np.float64):
-        image = (np.clip(image, 0, 1) * 255.0 + 0.5).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise SourceError(name, f"unsupported pixel type {image.dtype}")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif not (image.ndim == 3 and image.shape[2] == 3):
-        raise SourceError(name, f"unsupported image shape {image.shape}")
-    if min(image.shape[:2]) < MIN_SIDE:
-        raise SourceError(name, f"image is {image.shape[1]}x{image.shape[0]}, smaller than {MIN_SIDE} px")
-    return np.ascontiguousarray(image)
+    """HxWx3 uint8 BGR by the pipeline's one conversion rule (``pipeline.imageio``);
+    pictures under ``MIN_SIDE`` pixels are refused."""
+    return imageio.to_bgr8(image, name, min_side=MIN_SIDE)
 
 
 def read_image(path: str | Path) -> np.ndarray:
