@@ -42,6 +42,9 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # Idle intra-op threads would otherwise spin for a while after each run and take the
+        # cores from the next stage's session: several sessions share a few cores here.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(self.model_path, opts, providers=["CPUExecutionProvider"])
         self._specs = [
             TensorSpec(i.name, np.dtype(_ORT_DTYPES.get(i.type, np.float32)),
