@@ -35,9 +35,9 @@ from pipeline.errors import ConfigError, StageError, WeightsError
 from pipeline.frame import Frame
 from pipeline.imageio import to_bgr8
 from pipeline.stages.base import Stage
+from pipeline.stages.weights import onnxruntime_runner, resolve_path, verified_weights
 from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
 
 
@@ -177,27 +177,12 @@ class DehazeStage(Stage):
             backend = "torch" if c.device == "cuda" else "onnxruntime"
         self._runner = self._torch_runner() if backend == "torch" else self._ort_runner()
 
-    def _resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else ROOT / p
-
     def _verified(self, path: str) -> Path:
-        from engines.weights import WeightsError as ManifestError, verified_path
-
-        try:
-            return verified_path(self._resolve(path), self._resolve(self.config.manifest))
-        except ManifestError as e:
-            raise WeightsError(e.input, e.cause) from None
+        return verified_weights(path, self.config.manifest)
 
     def _ort_runner(self):
-        from engines.onnxruntime.runner import OnnxRuntimeRunner
-
         path = self._verified(self.config.weights)
-        runner = OnnxRuntimeRunner(path, threads=self.config.threads, name="rigan")
-        try:
-            return runner.activate()
-        except Exception as e:  # a hash-matching but unusable graph (wrong opset, truncated before hashing)
-            raise WeightsError(str(path), f"ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:160]})") from None
+        return onnxruntime_runner(path, threads=self.config.threads, name="rigan")
 
     def _torch_runner(self):
         try:
@@ -207,7 +192,7 @@ class DehazeStage(Stage):
         path = self._verified(self.config.torch_weights)
         runner = TorchRunner(self.config.torch_factory, weights=path, device=self.config.device,
                              input_names=("hazy",), threads=self.config.threads,
-                             manifest=self._resolve(self.config.manifest),
+                             manifest=resolve_path(self.config.manifest),
                              name="rigan")
         try:
             return runner.activate()

@@ -19,7 +19,6 @@ PyTorch backend (``engines.torch.runner.TorchRunner``) loads the state_dict into
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -29,8 +28,8 @@ from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
 from pipeline.stages.base import Stage
+from pipeline.stages.weights import onnxruntime_runner, verified_weights
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 STRIDE = 4                      # H and W of the network input must be multiples of this
 INPUT_NAME, OUTPUT_NAME = "frames", "fg_prob"
 TORCH_FACTORY = "training.models.msfgnet:build"
@@ -56,14 +55,6 @@ def window_indices(held: int, frames: int, stride: int) -> np.ndarray:
     """Which of ``held`` buffered frames (oldest = 0) form the window; clamped to the oldest when short."""
     newest = held - 1
     return np.maximum(newest - (frames - 1 - np.arange(frames)) * stride, 0)
-
-
-def resolve_path(path: str | Path) -> Path:
-    """Relative paths are tried from the working directory, then from the project root."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return ROOT / path
 
 
 class MsfgnetStage(Stage):
@@ -124,25 +115,9 @@ class MsfgnetStage(Stage):
         self.runner = runner
         self.buffer = FrameBuffer((self.frames_in_window - 1) * self.config.stride + 1)
 
-    def _verified(self, path: str) -> Path:
-        from engines import weights
-
-        path = resolve_path(path)
-        try:
-            return weights.verified_path(path)
-        except weights.WeightsError as e:
-            raise WeightsError(e.input, e.cause) from None
-
     def _onnxruntime_runner(self):
-        from engines.onnxruntime.runner import OnnxRuntimeRunner
-
-        path = self._verified(self.config.weights)
-        runner = OnnxRuntimeRunner(path, threads=self.config.threads or None)
-        try:
-            runner.activate()
-        except Exception as e:  # not an ONNX graph ORT can load
-            raise WeightsError(str(path), f"ONNX Runtime cannot load it ({type(e).__name__}: "
-                                          f"{' '.join(str(e).split())[:160]})") from None
+        path = verified_weights(self.config.weights)
+        runner = onnxruntime_runner(path, threads=self.config.threads or None, name="msfgnet")
         specs = runner.input_specs()
         if len(specs) != 1 or len(specs[0].shape) != 4 or not isinstance(specs[0].shape[1], int):
             runner.deactivate()
@@ -157,7 +132,7 @@ class MsfgnetStage(Stage):
             from engines.torch.runner import RunnerError, TorchRunner
         except ImportError as e:
             raise ConfigError("stages.msfgnet.backend", f"torch backend unavailable ({e})") from None
-        path = self._verified(self.config.torch_weights)
+        path = verified_weights(self.config.torch_weights)
         runner = TorchRunner(TORCH_FACTORY, weights=path, device=self.config.device,
                              threads=self.config.threads or None,
                              input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,))
