@@ -84,7 +84,7 @@ def _list_frames(root: Path) -> tuple[tuple[int, Path], ...]:
 def _read_temporal_roi(root: Path) -> tuple[int, int]:
     path = root / "temporalROI.txt"
     if not path.is_file():
-        raise SourceError(str(root), "no temporalROI.txt (CDnet layout: 'first last' scored frame numbers)")
+        raise SourceError(str(path), "temporalROI.txt missing; a CDnet sequence needs it ('first last' scored frame numbers)")
     words = path.read_text(errors="replace").split()
     try:
         first, last = int(words[0]), int(words[1])

@@ -11,43 +11,16 @@ so sampling a training window costs only a crop and a resize.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pipeline.errors import SourceError, SourceNotFoundError
+from pipeline.cdnet import open_sequence, read_image
+from pipeline.errors import SourceError
 
 MOTION, STATIC, SHADOW, OUTSIDE_ROI, UNKNOWN = 255, 0, 50, 85, 170
-_NUMBER = re.compile(r"(\d+)$")
-
-
-def read_temporal_roi(folder: Path) -> tuple[int, int]:
-    path = folder / "temporalROI.txt"
-    if not path.is_file():
-        raise SourceError(str(path), "temporalROI.txt missing; a CDnet sequence needs it to know which frames count")
-    parts = path.read_text().split()
-    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]) or int(parts[0]) > int(parts[1]):
-        raise SourceError(str(path), f"expected two frame numbers 'first last', got {path.read_text()[:40]!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def _numbered(folder: Path, prefix: str, suffixes: tuple[str, ...]) -> dict[int, Path]:
-    files = {}
-    for p in folder.iterdir():
-        m = _NUMBER.search(p.stem)
-        if p.suffix.lower() in suffixes and p.stem.startswith(prefix) and m:
-            files[int(m.group(1))] = p
-    return files
-
-
-def _read(path: Path, flags: int) -> np.ndarray:
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
-    if image is None:
-        raise SourceError(str(path), "cannot decode image")
-    return image
 
 
 def labels_to_targets(gt: np.ndarray, roi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -90,39 +63,31 @@ class CdnetSequence:
 
 
 def load_sequence(folder: str | Path) -> CdnetSequence:
-    """Read a CDnet sequence folder; clear errors for missing ground truth or temporal ROI."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SourceNotFoundError(str(folder), "no such CDnet sequence folder")
-    for sub in ("input", "groundtruth"):
-        if not (folder / sub).is_dir():
-            raise SourceError(str(folder / sub), f"missing; a CDnet sequence needs {sub}/ to train or validate")
-    temporal_roi = read_temporal_roi(folder)
-    inputs = _numbered(folder / "input", "in", (".jpg", ".jpeg", ".png"))
-    truths = _numbered(folder / "groundtruth", "gt", (".png", ".bmp"))
-    if not inputs:
-        raise SourceError(str(folder / "input"), "no inNNNNNN images")
-    numbers = sorted(inputs)
+    """Read a CDnet sequence folder into memory. The layout (input/, groundtruth/,
+    temporalROI.txt, ROI.bmp) is checked by ``pipeline.cdnet.open_sequence``, the
+    same code the evaluation uses; here frames must also be contiguous and every
+    frame of the temporal ROI must have its ground truth."""
+    seq = open_sequence(folder)
+    numbers = [n for n, _ in seq.frames]
     first, last = numbers[0], numbers[-1]
     if numbers != list(range(first, last + 1)):
-        raise SourceError(str(folder / "input"), "frame numbers are not contiguous")
-    lo, hi = temporal_roi
-    missing = [n for n in range(max(lo, first), min(hi, last) + 1) if n not in truths]
+        raise SourceError(str(seq.root / "input"), "frame numbers are not contiguous")
+    lo, hi = seq.temporal_roi
+    scored = range(max(lo, first), min(hi, last) + 1)
+    truths = {n: seq.root / "groundtruth" / f"gt{n:06d}.png" for n in scored}
+    missing = [n for n, path in truths.items() if not path.is_file()]
     if missing:
-        raise SourceError(str(folder / "groundtruth"),
+        raise SourceError(str(seq.root / "groundtruth"),
                           f"{len(missing)} frames of the temporal ROI have no ground truth (first: gt{missing[0]:06d}.png)")
-    grey = np.stack([_read(inputs[n], cv2.IMREAD_GRAYSCALE) for n in numbers])
+    grey = np.stack([read_image(path, cv2.IMREAD_GRAYSCALE) for _, path in seq.frames])
     h, w = grey.shape[1:]
     labels = np.full((len(numbers), h, w), OUTSIDE_ROI, np.uint8)
-    for n in range(max(lo, first), min(hi, last) + 1):
-        gt = _read(truths[n], cv2.IMREAD_GRAYSCALE)
+    for n, path in truths.items():
+        gt = read_image(path, cv2.IMREAD_GRAYSCALE)
         if gt.shape != (h, w):
-            raise SourceError(str(truths[n]), f"ground truth is {gt.shape[1]}x{gt.shape[0]}, frames are {w}x{h}")
+            raise SourceError(str(path), f"ground truth is {gt.shape[1]}x{gt.shape[0]}, frames are {w}x{h}")
         labels[n - first] = gt
-    roi = None
-    if (folder / "ROI.bmp").is_file():
-        roi = _read(folder / "ROI.bmp", cv2.IMREAD_GRAYSCALE) > 0
-    return CdnetSequence(folder.name, folder, first, grey, labels, roi, temporal_roi)
+    return CdnetSequence(seq.name, seq.root, first, grey, labels, seq.roi, seq.temporal_roi)
 
 
 def window_numbers(current: int, frames: int, stride: int) -> list[int]:
