@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.frame import Frame
+from pipeline.sinks.video import pick_codec
 
 DEFAULT_RESOLUTIONS = ("640x360",)
 STANDARD_RESOLUTIONS = ("320x240", "640x360", "1280x720", "1920x1080")
@@ -90,12 +91,6 @@ def render_frames(width: int, height: int, count: int, haze: float = 0.5, seed: 
     return frames
 
 
-def codec_name() -> str:
-    import av
-
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
 def encode_clip(frames: Sequence[np.ndarray], fps: int = 25) -> bytes:
     """H.264 (or MPEG-4) MP4 in memory."""
     import av
@@ -117,7 +112,7 @@ class VideoEncoder:
 
         self._av = av
         self.container = container
-        self.stream = container.add_stream(codec_name(), rate=fps)
+        self.stream = container.add_stream(pick_codec(), rate=fps)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         if self.stream.codec_context.name == "libx264":
             self.stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
@@ -387,7 +382,7 @@ def machine_info(device: str) -> dict:
     info = {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
-        "codec": codec_name(),
+        "codec": pick_codec(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device == "cuda":
