@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.frame import Frame
+from pipeline.guided import guided_filter
 from pipeline.stages.base import Stage
 
 #: the haze score is computed on a copy about this wide, so its value hardly depends on resolution
@@ -114,7 +115,7 @@ class DarkChannelDehazer:
         t = cv2.addWeighted(norm_dark, -c.omega, norm_dark, 0.0, 1.0, dst=self._dark_f)  # 1 - ω·dark
         grey = cv2.cvtColor(self._small, cv2.COLOR_BGR2GRAY)
         grey = np.multiply(grey, 1.0 / 255.0, out=self._grey, casting="unsafe")
-        t = cv2.ximgproc.guidedFilter(grey, t, self._radius, c.guided_eps)
+        t = guided_filter(grey, t, self._radius, c.guided_eps)
         h, w = image.shape[:2]
         t = cv2.resize(t, (w, h), dst=self._t_full, interpolation=cv2.INTER_LINEAR)
         return cv2.max(t, c.t0, dst=self._t_full)

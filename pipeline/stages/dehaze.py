@@ -33,26 +33,13 @@ import numpy as np
 
 from pipeline.errors import ConfigError, StageError, WeightsError
 from pipeline.frame import Frame
+from pipeline.guided import guided_coefficients
 from pipeline.imageio import to_bgr8
 from pipeline.stages.base import Stage
 from pipeline.stages.weights import onnxruntime_runner, resolve_path, verified_weights
 from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
 
 STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
-
-
-def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: float):
-    """Mean-filtered linear coefficients (a, b) of the guided filter (He, Sun & Tang 2010,
-    eq. 7-8): ``src ≈ a * guide + b`` in each window. Upsampling a and b and applying them to
-    the full-size guide transfers a low-resolution result to full resolution."""
-    k = (2 * radius + 1,) * 2
-    box = lambda x: cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)  # noqa: E731
-    mg, ms = box(guide), box(src)
-    var = box(guide * guide) - mg * mg
-    cov = box(guide * src) - mg * ms
-    a = cov / (var + eps)
-    b = ms - a * mg
-    return box(a), box(b)
 
 
 class _Gate:

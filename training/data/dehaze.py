@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline import imageio
 from pipeline.errors import SourceError, SourceNotFoundError
+from pipeline.guided import guided_filter
 from pipeline.haze import apply_haze, road_depth, transmission
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
@@ -277,7 +278,7 @@ def snap_to_edges(depth: np.ndarray, clear: np.ndarray, rng: np.random.Generator
     """Guided filter with the clear image as guide: depth edges follow image edges."""
     guide = cv2.cvtColor(clear, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
     radius = max(2, int(min(depth.shape) * rng.uniform(0.02, 0.06)))
-    return cv2.ximgproc.guidedFilter(guide, depth, radius, float(rng.uniform(1e-3, 1e-2)))
+    return guided_filter(guide, depth, radius, float(rng.uniform(1e-3, 1e-2)))
 
 
 def scene_depth(item: ClearImage, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
