@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, metavar="FILE")
     t.add_argument("--out", default=None, metavar="DIR")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from the weights in CKPT (last.pt or a state_dict) with a fresh schedule (rigan)")
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
 
     e = sub.add_parser("export", help="export trained weights to ONNX (needs the [train] extra)")

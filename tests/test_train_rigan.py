@@ -92,3 +92,42 @@ def test_nan_loss_stops_training_with_a_clear_message(tiny_setup, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # lines before it are the progress bar
     assert code == 2, err
     assert err.startswith("hazeflow: error: train rigan iteration") and "loss is" in err
+
+
+def test_workers_give_the_same_batches_as_the_main_thread(tiny_setup):
+    import torch
+
+    from training.data.dehaze import SynthHazeDataset, clear_pool
+    from training.train_rigan import batches
+
+    tmp, _ = tiny_setup
+    ds = SynthHazeDataset(clear_pool([{"path": str(tmp / "clear"), "kind": "road"}]), patch=32, length=8, seed=5,
+                          short_side=(40, 48))
+    main = list(batches(ds, 1, 4, 2, 0, torch.device("cpu")))
+    forked = list(batches(ds, 1, 4, 2, 2, torch.device("cpu")))
+    assert len(main) == len(forked) == 3
+    for (h0, c0), (h1, c1) in zip(main, forked):
+        assert torch.equal(h0, h1) and torch.equal(c0, c1)
+
+
+def test_init_from_a_run_and_a_time_budget_that_ends_mid_epoch(tiny_setup):
+    import torch
+
+    tmp, config = tiny_setup
+    first = tmp / "first"
+    assert cli(["train", "rigan", "--config", str(config(1)), "--out", str(first), "--device", "cpu"]) == 0
+    budget = tmp / "budget.yaml"
+    text = config(50).read_text().replace("checkpoint_every: 1}", "checkpoint_every: 1, max_seconds: 0.5, workers: 1}")
+    budget.write_text(text)
+    out = tmp / "second"
+    assert cli(["train", "rigan", "--config", str(budget), "--out", str(out), "--device", "cpu",
+                "--init", str(first / "last.pt")]) == 0
+    log = (out / "train.log").read_text()
+    assert f"initialised from {first / 'last.pt'} (generator + discriminator)" in log
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert 0 < ck["iteration"] < 100 and ck["epoch"] < 50  # stopped by the 0.5 s budget, not the 50 epochs
+    # a state_dict of another width is refused with the file named
+    wrong = tmp / "wrong.yaml"
+    wrong.write_text(text.replace("width: 8,", "width: 4,"))
+    assert cli(["train", "rigan", "--config", str(wrong), "--out", str(tmp / "third"), "--device", "cpu",
+                "--init", str(first / "rigan.pt")]) != 0

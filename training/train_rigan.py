@@ -39,7 +39,8 @@ DEFAULTS = {
     "model": {"width": 16, "blocks": 4, "d_width": 16},
     "data": {"patch": 128, "short_side": [160, 320], "samples_per_epoch": 2000, "clear": [{"skimage": True}]},
     "train": {"epochs": 8, "batch": 8, "lr_g": 3e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "lr_floor": 0.1,
-              "adv_start": 300, "threads": 1, "checkpoint_every": 50, "max_iterations": None},
+              "adv_start": 300, "threads": 1, "checkpoint_every": 50, "max_iterations": None,
+              "max_seconds": None, "workers": 0},
     "loss": {f.name: f.default for f in fields(LossWeights)},
     "val": {"hazy": None, "clear": None, "limit": 25, "sheet": 4},
 }
@@ -94,8 +95,12 @@ def check_finite(value: torch.Tensor, what: str, iteration: int) -> None:
 
 
 def lr_factor(iteration: int, total: int, floor: float) -> float:
-    """Cosine decay from 1 to ``floor`` over ``total`` iterations."""
-    progress = min(iteration / max(total, 1), 1.0)
+    """Cosine decay from 1 to ``floor`` as ``iteration`` goes from 0 to ``total``."""
+    return _cosine(iteration / max(total, 1), floor)
+
+
+def _cosine(progress: float, floor: float) -> float:
+    progress = min(max(progress, 0.0), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -131,6 +136,22 @@ def save_sheet(path: Path, rows: list[np.ndarray], width: int = 960) -> None:
     tmp.replace(path)
 
 
+def batches(ds: SynthHazeDataset, start_batch: int, per_epoch: int, size: int, workers: int, device: torch.device):
+    """The epoch's batches from ``start_batch`` on, in order: the same crops whether ``workers`` processes
+    make them (a GPU run, where haze synthesis on one core would starve the GPU) or the main thread does."""
+    if workers <= 0:
+        for b in range(start_batch, per_epoch):
+            yield batch_of(ds, b * size, size, device)
+        return
+    from torch.utils.data import DataLoader, Subset
+
+    indices = range(start_batch * size, per_epoch * size)
+    loader = DataLoader(Subset(ds, indices), batch_size=size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4, drop_last=True)
+    for hazy, clear in loader:
+        yield hazy.to(device, non_blocking=True), clear.to(device, non_blocking=True)
+
+
 def batch_of(ds: SynthHazeDataset, start: int, size: int, device: torch.device):
     items = [ds[i] for i in range(start, start + size)]
     hazy = torch.stack([h for h, _ in items]).to(device)
@@ -145,6 +166,8 @@ def main(args) -> int:
     out = resolve(getattr(args, "out", None) or cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(getattr(args, "device", "auto"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest conv kernels once
     if device.type == "cpu" and tc["threads"]:
         torch.set_num_threads(int(tc["threads"]))
     torch.manual_seed(int(cfg["seed"]))
@@ -194,6 +217,19 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
         say(f"resumed at epoch {epoch} batch {start_batch} (iteration {iteration})")
     elif getattr(args, "resume", False):
         say("--resume given but no last.pt; starting fresh")
+    if getattr(args, "init", None) and iteration == 0:
+        init = load_checkpoint(args.init, map_location=device)
+        try:
+            gen.load_state_dict(init.get("generator", init))
+            if "discriminator" in init:
+                disc.load_state_dict(init["discriminator"])
+        except RuntimeError as e:
+            raise WeightsError(str(args.init), f"does not fit this model ({str(e).splitlines()[0][:160]})") from None
+        history = {k: list(v) for k, v in init.get("history", {}).items()}
+        say(f"initialised from {args.init} (generator{' + discriminator' if 'discriminator' in init else ''}); "
+            f"fresh schedule")
+    max_seconds = float(tc["max_seconds"]) if tc["max_seconds"] else None
+    started = time.monotonic()
     say(f"pool {len(pool)} clear images in {len(ds.groups)} groups; {per_epoch} batches/epoch; {total} iterations; "
         f"device {device}")
 
@@ -203,6 +239,16 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
                         epoch=epoch, batch=next_batch, history=history, config=json.dumps(cfg))
         save_checkpoint(out / "rigan.pt", **gen.state_dict())
 
+    def out_of_time() -> bool:
+        return max_seconds is not None and time.monotonic() - started >= max_seconds
+
+    def schedule() -> float:
+        """lr factor: cosine over the iterations, or over the time budget when that ends first."""
+        progress = iteration / max(total, 1)
+        if max_seconds is not None:
+            progress = max(progress, (time.monotonic() - started) / max_seconds)
+        return _cosine(progress, float(tc["lr_floor"]))
+
     from tqdm import tqdm
 
     sums: dict[str, float] = {}
@@ -211,17 +257,19 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
     gen.train()
     disc.train()
     try:
-        while iteration < total and epoch < int(tc["epochs"]):
+        while iteration < total and epoch < int(tc["epochs"]) and not out_of_time():
             ds.epoch = epoch
-            for b in range(start_batch, per_epoch):
-                if iteration >= total:
+            stream = batches(ds, start_batch, per_epoch, batch, int(tc["workers"]), device)
+            next_b = start_batch
+            for b, (hazy, clear) in enumerate(stream, start=start_batch):
+                if iteration >= total or out_of_time():
                     break
-                f = lr_factor(iteration, total, float(tc["lr_floor"]))
+                next_b = b + 1
+                f = schedule()
                 for group in opt_g.param_groups:
                     group["lr"] = float(tc["lr_g"]) * f
                 for group in opt_d.param_groups:
                     group["lr"] = float(tc["lr_d"]) * f
-                hazy, clear = batch_of(ds, b * batch, batch, device)
                 adversarial = iteration >= int(tc["adv_start"]) and weights.adversarial > 0
                 dehazed = gen(hazy)
                 parts = {}
@@ -254,12 +302,13 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
             for k, v in sums.items():
                 history.setdefault(f"train_{k}", []).append(v / n)
             sums = {}
-            epoch += 1
+            finished = next_b >= per_epoch
+            epoch += int(finished)  # a run stopped by its time budget ends mid-epoch and resumes there
             metrics, rows = validate(gen, val, device, keep=int(vc["sheet"]))
             for k, v in metrics.items():
                 history.setdefault(k, []).append(v)
-            say(f"epoch {epoch} done; " + " ".join(f"{k}={v[-1]:.4f}" for k, v in history.items()))
-            checkpoint(0)
+            say(f"epoch {epoch} {'done' if finished else f'stopped at batch {next_b} (time budget)'}; " + " ".join(f"{k}={v[-1]:.4f}" for k, v in history.items()))
+            checkpoint(0 if finished else next_b)
             (out / "history.json").write_text(json.dumps(history, indent=1))
             save_curves(out / "curves.png", history, title="RI-GAN training")
             synth = []
