@@ -20,7 +20,10 @@ stride and cropped back.
 
 Ports: ``dehazed`` (uint8 BGR, the input array itself when not applied),
 ``haze_score`` (float), ``dehaze_applied`` (bool). The runtime needs no torch:
-ONNX Runtime on the CPU by default; ``backend: torch`` uses engines.torch.
+ONNX Runtime on the CPU by default (fp32, or int8 from the QDQ graph
+``<weights stem>.int8.onnx``); ``backend: torch`` uses engines.torch (fp16 on
+cuda); ``backend: tensorrt`` builds or reuses an engine of the verified ONNX
+graph through the engine cache. ``auto`` follows engines.load.choose_backend.
 """
 from __future__ import annotations
 
@@ -36,10 +39,12 @@ from pipeline.frame import Frame
 from pipeline.guided import guided_coefficients
 from pipeline.imageio import to_bgr8
 from pipeline.stages.base import Stage
-from pipeline.stages.weights import onnxruntime_runner, resolve_path, verified_weights
+from pipeline.stages.weights import (PRECISIONS, check_precision, int8_graph, onnxruntime_runner, resolve_backend,
+                                     resolve_path, tensorrt_runner, verified_weights)
 from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
 
 STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
+TRT_SIZES = ((32, 32), (640, 360), (1920, 1088))  # frame (w, h) a TensorRT engine is built for: min, opt, max
 
 
 class _Gate:
@@ -133,11 +138,12 @@ class DehazeStage(Stage):
         threshold: float = 0.5        # haze score that switches dehazing on (auto); tune per camera
         hysteresis: float = 0.04      # switches off below threshold - hysteresis
         hold_frames: int = 5          # consecutive frames beyond a threshold before switching
-        backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+        backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
+        precision: Literal["fp32", "fp16", "int8"] = "fp32"  # onnxruntime: fp32 | int8; torch: fp32 | fp16 (cuda)
         weights: str = "weights/rigan.onnx"             # ONNX Runtime graph (sha256 in weights/manifest.json)
         torch_weights: str = "weights/rigan.pt"         # state_dict for backend: torch
         torch_factory: str = "training.models.rigan:RIGeneratorPorts"  # must match torch_weights' width
-        device: Literal["cpu", "cuda"] = "cpu"          # backend: torch only
+        device: Literal["cpu", "cuda"] = "cpu"          # backend: torch, tensorrt
         manifest: str = "weights/manifest.json"         # sha256 list the weights are checked against
         internal_scale: float = 0.5   # network input size as a fraction of the frame (1 = full size)
         guided_radius: int = 4        # window radius of the guided upsampling at the internal size
@@ -159,17 +165,25 @@ class DehazeStage(Stage):
         c = self.config
         if c.when == "never" or c.method != "rigan" or self._runner is not None:
             return
-        backend = c.backend
-        if backend == "auto":
-            backend = "torch" if c.device == "cuda" else "onnxruntime"
-        self._runner = self._torch_runner() if backend == "torch" else self._ort_runner()
+        make = {"onnxruntime": self._ort_runner, "torch": self._torch_runner,
+                "tensorrt": self._tensorrt_runner}[resolve_backend(c.backend, c.device)]
+        self._runner = make()
 
     def _verified(self, path: str) -> Path:
         return verified_weights(path, self.config.manifest)
 
     def _ort_runner(self):
         path = self._verified(self.config.weights)
+        if self.config.precision == "int8":
+            path = int8_graph(path, self.config.manifest)
         return onnxruntime_runner(path, threads=self.config.threads, name="rigan")
+
+    def _tensorrt_runner(self):
+        c = self.config
+        path = self._verified(c.weights)
+        sizes = tuple(self._network_size(w, h) for w, h in TRT_SIZES)
+        return tensorrt_runner(path, section="stages.dehaze", device=c.device, precision=c.precision,
+                               batch=self.max_batch, sizes=sizes, name=f"rigan.{c.precision}.engine")
 
     def _torch_runner(self):
         try:
@@ -177,7 +191,9 @@ class DehazeStage(Stage):
         except ImportError as e:
             raise StageError("stages.dehaze.backend", f"torch backend unavailable ({e})") from None
         path = self._verified(self.config.torch_weights)
+        # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
         runner = TorchRunner(self.config.torch_factory, weights=path, device=self.config.device,
+                             fp16=self.config.precision == "fp16", channels_last=self.config.device == "cuda",
                              input_names=("hazy",), threads=self.config.threads,
                              manifest=resolve_path(self.config.manifest),
                              name="rigan")
@@ -230,6 +246,13 @@ class DehazeStage(Stage):
             self.setup()
         return self._rigan(image)
 
+    def _network_size(self, w: int, h: int) -> tuple[int, int]:
+        """(w, h) of the network input for a w x h frame (as _network_input makes it)."""
+        s = self.config.internal_scale
+        if s < 1.0:
+            return max(STRIDE, int(round(w * s / STRIDE)) * STRIDE), max(STRIDE, int(round(h * s / STRIDE)) * STRIDE)
+        return w + (-w) % STRIDE, h + (-h) % STRIDE
+
     def _network_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(low-res HxWx3 float image, 1x3xhxw network input) at the internal size, padded to the stride."""
         h, w = image.shape[:2]
@@ -267,7 +290,7 @@ def _check(c: DehazeStage.Config) -> None:
     rules = {
         "when": c.when in ("always", "never", "auto"),
         "method": c.method in ("rigan", "dcp"),
-        "backend": c.backend in ("auto", "onnxruntime", "torch"),
+        "backend": c.backend in ("auto", "onnxruntime", "torch", "tensorrt"),
         "device": c.device in ("cpu", "cuda"),
         "threshold": 0.0 <= c.threshold <= 1.0,
         "hysteresis": 0.0 <= c.hysteresis <= c.threshold,
@@ -280,3 +303,7 @@ def _check(c: DehazeStage.Config) -> None:
     for key, ok in rules.items():
         if not ok:
             raise ConfigError(f"stages.dehaze.{key}", f"invalid value {getattr(c, key)!r}")
+    if c.precision not in PRECISIONS:
+        raise ConfigError("stages.dehaze.precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    if c.method == "rigan" and c.when != "never":  # the only case the network runs
+        check_precision("stages.dehaze", c.backend, resolve_backend(c.backend, c.device), c.device, c.precision)

@@ -12,9 +12,12 @@ T frames are the same picture, so nothing has moved and the mask is (nearly)
 empty; detection starts as soon as an object has moved relative to the oldest
 frame held. A change of resolution starts a fresh window (FrameBuffer reallocates).
 
-The default backend is ONNX Runtime on the CPU (no torch in the runtime); the
-PyTorch backend (``engines.torch.runner.TorchRunner``) loads the state_dict into
-``training.models.msfgnet`` by name, for CUDA or for checking parity.
+The default backend is ONNX Runtime on the CPU (no torch in the runtime), fp32
+or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
+(``engines.torch.runner.TorchRunner``) loads the state_dict into
+``training.models.msfgnet`` by name, for CUDA (fp32 or fp16) or for checking
+parity; TensorRT builds (or reuses from the engine cache) an engine from the
+verified ONNX graph. ``backend: auto`` follows ``engines.load.choose_backend``.
 """
 from __future__ import annotations
 
@@ -28,12 +31,14 @@ from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
 from pipeline.stages.base import Stage
-from pipeline.stages.weights import onnxruntime_runner, verified_weights
+from pipeline.stages.weights import (check_precision, int8_graph, onnxruntime_runner, resolve_backend,
+                                     resolve_path, tensorrt_runner, verified_weights)
 
 STRIDE = 4                      # H and W of the network input must be multiples of this
 INPUT_NAME, OUTPUT_NAME = "frames", "fg_prob"
 TORCH_FACTORY = "training.models.msfgnet:build"
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+TRT_SIZES = ((32, 32), (640, 360), (1920, 1088))  # frame (w, h) a TensorRT engine is built for: min, opt, max
 
 
 def working_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -67,17 +72,20 @@ class MsfgnetStage(Stage):
 
     @dataclass(frozen=True)
     class Config:
-        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime backend)
+        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends)
         torch_weights: str = "weights/msfgnet.pt"  # state_dict (torch backend)
         threshold: float = 0.5                     # fg_prob above this is foreground
-        backend: str = "auto"                      # auto | onnxruntime | torch
-        device: str = "cpu"                        # torch backend only: cpu | cuda
+        backend: str = "auto"                      # auto | onnxruntime | torch | tensorrt
+        device: str = "cpu"                        # cpu | cuda (torch, tensorrt)
+        precision: str = "fp32"                    # onnxruntime: fp32 | int8; torch: fp32 | fp16 (cuda); tensorrt: any
+        manifest: str | None = None                # sha256 list of the weights (None = weights/manifest.json)
         threads: int = 2                           # CPU threads of the runner; 0 = all cores
         scale: float = 0.5                         # working size / input size
         stride: int = 10                           # frames between two frames of the window
 
     def __init__(self, config: "MsfgnetStage.Config | None" = None):
         self.config = config or self.Config()
+        self._backend: str | None = None
         self._check()
         self.runner = None
         self.frames_in_window = 0
@@ -89,11 +97,10 @@ class MsfgnetStage(Stage):
         if not 0 < c.threshold < 1:
             raise ConfigError("stages.msfgnet.threshold", f"must be in (0, 1), got {c.threshold}")
         if c.backend not in BACKENDS:
-            hint = " (no TensorRT runner is wired into this stage yet)" if c.backend == "tensorrt" else ""
-            raise ConfigError("stages.msfgnet.backend",
-                              f"must be one of {', '.join(BACKENDS)}, got {c.backend!r}{hint}")
+            raise ConfigError("stages.msfgnet.backend", f"must be one of {', '.join(BACKENDS)}, got {c.backend!r}")
         if c.device not in ("cpu", "cuda"):
             raise ConfigError("stages.msfgnet.device", f"must be cpu or cuda, got {c.device!r}")
+        check_precision("stages.msfgnet", c.backend, self.backend, c.device, c.precision)
         if not 0.05 <= c.scale <= 2:
             raise ConfigError("stages.msfgnet.scale", f"must be in [0.05, 2], got {c.scale}")
         if c.stride < 1:
@@ -104,20 +111,36 @@ class MsfgnetStage(Stage):
     # --- lifecycle -------------------------------------------------------------
     @property
     def backend(self) -> str:
-        if self.config.backend != "auto":
-            return self.config.backend
-        return "torch" if self.config.device == "cuda" else "onnxruntime"
+        """The backend that runs: ``auto`` resolved as engines.load.choose_backend does (once)."""
+        if self._backend is None:
+            self._backend = resolve_backend(self.config.backend, self.config.device)
+        return self._backend
 
     def setup(self) -> None:
         if self.runner is not None:
             return
-        runner = self._onnxruntime_runner() if self.backend == "onnxruntime" else self._torch_runner()
-        self.runner = runner
+        make = {"onnxruntime": self._onnxruntime_runner, "torch": self._torch_runner,
+                "tensorrt": self._tensorrt_runner}[self.backend]
+        self.runner = make()
         self.buffer = FrameBuffer((self.frames_in_window - 1) * self.config.stride + 1)
 
     def _onnxruntime_runner(self):
-        path = verified_weights(self.config.weights)
-        runner = onnxruntime_runner(path, threads=self.config.threads or None, name="msfgnet")
+        c = self.config
+        path = verified_weights(c.weights, c.manifest)
+        if c.precision == "int8":
+            path = int8_graph(path, c.manifest)
+        return self._frames_input(path, onnxruntime_runner(path, threads=c.threads or None, name="msfgnet"))
+
+    def _tensorrt_runner(self):
+        c = self.config
+        path = verified_weights(c.weights, c.manifest)
+        sizes = tuple(working_size(w, h, c.scale) for w, h in TRT_SIZES)
+        runner = tensorrt_runner(path, section="stages.msfgnet", device=c.device, precision=c.precision,
+                                 batch=self.max_batch, sizes=sizes, name=f"msfgnet.{c.precision}.engine")
+        return self._frames_input(path, runner)
+
+    def _frames_input(self, path, runner):
+        """Checks that the graph takes one (N, T, H, W) stream of frames; T is the window length."""
         specs = runner.input_specs()
         if len(specs) != 1 or len(specs[0].shape) != 4 or not isinstance(specs[0].shape[1], int):
             runner.deactivate()
@@ -132,10 +155,13 @@ class MsfgnetStage(Stage):
             from engines.torch.runner import RunnerError, TorchRunner
         except ImportError as e:
             raise ConfigError("stages.msfgnet.backend", f"torch backend unavailable ({e})") from None
-        path = verified_weights(self.config.torch_weights)
-        runner = TorchRunner(TORCH_FACTORY, weights=path, device=self.config.device,
-                             threads=self.config.threads or None,
-                             input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,))
+        c = self.config
+        path = verified_weights(c.torch_weights, c.manifest)
+        # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
+        runner = TorchRunner(TORCH_FACTORY, weights=path, device=c.device, threads=c.threads or None,
+                             fp16=c.precision == "fp16", channels_last=c.device == "cuda",
+                             input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,),
+                             **({} if c.manifest is None else {"manifest": resolve_path(c.manifest)}))
         try:
             runner.activate()
         except RunnerError as e:
