@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = Path(os.environ.get("OUT", ROOT / "out" / "gpu_check"))
-HIGHWAY = ROOT.parent / "shared" / "data" / "foreground" / "cdnet2014-highway" / "input"
+SHARED = Path(os.environ.get("HAZEFLOW_SHARED_DATA", ROOT.parent / "shared" / "data"))  # a carried copy on the GPU machine
+HIGHWAY = SHARED / "foreground" / "cdnet2014-highway" / "input"
 DEADLINE = time.monotonic() + float(os.environ.get("GPU_CHECK_BUDGET_S", "300"))
 
 
@@ -250,7 +251,8 @@ def queue_checks(results: dict, modules: dict, frames) -> None:
             rows.append({"streams": k, "skipped": "time budget spent"})
             continue
         try:
-            r = queue_pipeline(modules, k, 12 if k < 32 else 6)
+            queue_pipeline(modules, k, 2)  # warm-up: cuDNN algorithm choice and allocator growth for this batch
+            r = queue_pipeline(modules, k, 24 if k < 32 else 12)
             r.pop("outputs")
             rows.append(r)
             print(f"[queue] 1080p {k} stream(s): {r['fps']} frames/s, p50 {r['p50_ms']} ms", flush=True)
@@ -258,6 +260,108 @@ def queue_checks(results: dict, modules: dict, frames) -> None:
             rows.append({"streams": k, "error": f"out of memory: {e}"[:300]})
         torch.cuda.empty_cache()
     results["queue_throughput"] = rows
+
+
+#: dense fp16 tensor-core peak and HBM bandwidth from NVIDIA's data sheets (SXM parts)
+CARDS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 2.0e12)}
+
+
+def model_throughput(results: dict, modules: dict) -> None:
+    """Each model alone on the GPU (fp16, channels_last, eager and CUDA graph), batches of 8 and 32 frames
+    at 1080p sizes, timed with CUDA events after warm-up; achieved FLOP/s against the card's peak, and the
+    activation traffic that bounds such narrow convolutions from below."""
+    import copy
+
+    import torch
+
+    from engines.load import MODELS
+    from engines.torch.runner import TorchRunner
+    from training.models.msfgnet import count_macs
+    from training.models.rigan import conv_macs
+
+    name = torch.cuda.get_device_name(0)
+    peak, bandwidth = next((v for k, v in CARDS.items() if k in name), (None, None))
+    t_window = modules["msfgnet"].spec.frames
+    cases = [("rigan", (3, 540, 960), "960x540 = stage default internal_scale 0.5 of 1080p"),
+             ("rigan", (3, 1080, 1920), "1920x1080 full size"),
+             ("msfgnet", (t_window, 540, 960), "960x540 = stage default scale 0.5 of 1080p")]
+    rows = []
+    for model, shape, what in cases:
+        module = copy.deepcopy(modules[model]).cpu().float().eval()
+        if model == "rigan":
+            macs = conv_macs(module, (1, *shape))
+        else:
+            macs = count_macs(module, shape[1], shape[2])
+        act = activation_bytes(module, shape)
+        for batch in (8, 32):
+            for graph in (False, True):
+                if time.monotonic() > DEADLINE:
+                    rows.append({"model": model, "shape": what, "batch": batch, "skipped": "time budget spent"})
+                    continue
+                entry = MODELS[model]
+                stream = torch.cuda.Stream()
+                runner = TorchRunner(copy.deepcopy(module), device="cuda", fp16=True, channels_last=True,
+                                     cuda_graph=graph, stream=stream, input_names=entry.input_names,
+                                     output_names=entry.output_names)
+                try:
+                    with runner:
+                        x = torch.rand(batch, *shape, device="cuda", dtype=torch.float16)
+                        x = x.contiguous(memory_format=torch.channels_last)  # the runner's layout: no copy per call
+                        feed = {entry.input_names[0]: x}
+                        for _ in range(3):
+                            runner.infer_tensors(feed)
+                        stream.synchronize()
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        n, elapsed = 0, 0.0
+                        start.record(stream)
+                        while elapsed < 0.6 and n < 400:
+                            for _ in range(5):
+                                runner.infer_tensors(feed)
+                            n += 5
+                            end.record(stream)
+                            end.synchronize()
+                            elapsed = start.elapsed_time(end) / 1e3
+                    fps = batch * n / elapsed
+                    row = {"model": model, "shape": what, "batch": batch, "cuda_graph": graph, "fps": round(fps, 1),
+                           "gflop_per_frame": round(2 * macs / 1e9, 3), "activation_mb_per_frame": round(act / 1e6, 1),
+                           "tflops_achieved": round(2 * macs * fps / 1e12, 2)}
+                    if peak:
+                        row["pct_of_fp16_peak"] = round(100 * 2 * macs * fps / peak, 2)
+                        row["fps_ceiling_compute"] = round(peak / (2 * macs), 0)
+                        # every activation written once and read at least once: the bandwidth floor
+                        row["fps_ceiling_memory"] = round(bandwidth / (2 * act), 0)
+                        row["pct_of_memory_ceiling"] = round(100 * fps / row["fps_ceiling_memory"], 1)
+                    rows.append(row)
+                    print(f"[model] {model} {what} batch {batch} graph {graph}: {row}", flush=True)
+                except torch.cuda.OutOfMemoryError as e:
+                    rows.append({"model": model, "shape": what, "batch": batch, "error": f"out of memory: {e}"[:200]})
+                torch.cuda.empty_cache()
+    results["model_throughput"] = {"card": name, "peak_fp16_flops": peak, "hbm_bytes_per_s": bandwidth, "rows": rows}
+
+
+def activation_bytes(module, shape) -> int:
+    """fp16 bytes of every leaf module's output for one frame (eager: each is written to and read from memory)."""
+    import copy
+
+    import torch
+
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if torch.is_tensor(t):
+                total += t.numel() * 2
+
+    module = copy.deepcopy(module).cpu().float().eval()
+    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
 
 
 def main() -> int:
@@ -272,6 +376,7 @@ def main() -> int:
     results["frames"] = where
     for step in (lambda: results.update(_modules=torch_parity(results, frames)),
                  lambda: tensorrt_parity(results, results["_modules"], frames),
+                 lambda: model_throughput(results, results["_modules"]),
                  lambda: queue_checks(results, results["_modules"], frames)):
         try:
             step()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU check (worst case 7.5 minutes: 180 + 45 + 3 x 75 s timeouts): parity of the CUDA backends against the CPU model,
+# One GPU check (worst case 7.5 minutes at the default budgets: 180 + 45 + 3 x 75 s timeouts;
+# GPU_CHECK_BUDGET_S, PYTEST_TIMEOUT_S and BENCH_TIMEOUT_S shorten it): parity of the CUDA backends against the CPU model,
 # the CUDA-stream queue path end to end, the gpu/trt-marked tests, and
 # `hazeflow bench --device cuda` at 1920x1080 with 1, 8 and 32 streams. Results under $OUT.
 #
@@ -26,13 +27,17 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || true
-GPU_CHECK_BUDGET_S=130 timeout 180 "$PY" tools/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log" || status=1
-timeout 45 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_tensorrt.py 2>&1 | tee "$OUT/pytest_gpu.log" || status=1
+budget=${GPU_CHECK_BUDGET_S:-130}
+GPU_CHECK_BUDGET_S=$budget timeout $((budget + 50)) "$PY" tools/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log" || status=1
+gpu_tests=(tests/test_gpu.py tests/test_tensorrt.py)
+[ -f tests/test_stage_precision.py ] && gpu_tests+=(tests/test_stage_precision.py)
+timeout "${PYTEST_TIMEOUT_S:-45}" "$PY" -m pytest -q -rs -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pytest_gpu.log" || status=1
 if "$PY" -c 'import av' 2>/dev/null; then
   # the classical stages run on the CPU at 1080p: few frames per stream keep 32 streams inside the budget
   for k in 1 8 32; do
-    frames=$(( k == 32 ? 4 : (k == 8 ? 8 : 24) ))
-    timeout 75 "$PY" -m pipeline bench --device cuda --backend torch --resolution 1920x1080 --streams "$k" \
+    frames=$(( k == 32 ? 2 : (k == 8 ? 4 : 16) ))
+    timeout "${BENCH_TIMEOUT_S:-75}" "$PY" -m pipeline bench --device cuda --backend torch --precision "${BENCH_PRECISION:-fp16}" \
+      --resolution 1920x1080 --streams "$k" \
       --frames "$frames" --json "$OUT/bench_cuda_${k}.json" --markdown "$OUT/bench_cuda.md" 2>&1 | tee -a "$OUT/bench.log" || status=1
   done
 else

@@ -147,9 +147,16 @@ def batches(ds: SynthHazeDataset, start_batch: int, per_epoch: int, size: int, w
 
     indices = range(start_batch * size, per_epoch * size)
     loader = DataLoader(Subset(ds, indices), batch_size=size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4, drop_last=True)
+                        pin_memory=device.type == "cuda", prefetch_factor=4, drop_last=True,
+                        worker_init_fn=_one_thread_worker)
     for hazy, clear in loader:
         yield hazy.to(device, non_blocking=True), clear.to(device, non_blocking=True)
+
+
+def _one_thread_worker(_: int) -> None:
+    """Each worker makes whole samples; OpenCV's and torch's own thread pools would only oversubscribe."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def batch_of(ds: SynthHazeDataset, start: int, size: int, device: torch.device):
