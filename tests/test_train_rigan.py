@@ -117,7 +117,7 @@ def test_init_from_a_run_and_a_time_budget_that_ends_mid_epoch(tiny_setup):
     first = tmp / "first"
     assert cli(["train", "rigan", "--config", str(config(1)), "--out", str(first), "--device", "cpu"]) == 0
     budget = tmp / "budget.yaml"
-    text = config(50).read_text().replace("checkpoint_every: 1}", "checkpoint_every: 1, max_seconds: 0.5, workers: 1}")
+    text = config(50).read_text().replace("checkpoint_every: 1}", "checkpoint_every: 1, max_seconds: 3, workers: 1}")
     budget.write_text(text)
     out = tmp / "second"
     assert cli(["train", "rigan", "--config", str(budget), "--out", str(out), "--device", "cpu",
@@ -125,7 +125,7 @@ def test_init_from_a_run_and_a_time_budget_that_ends_mid_epoch(tiny_setup):
     log = (out / "train.log").read_text()
     assert f"initialised from {first / 'last.pt'} (generator + discriminator)" in log
     ck = torch.load(out / "last.pt", weights_only=True)
-    assert 0 < ck["iteration"] < 100 and ck["epoch"] < 50  # stopped by the 0.5 s budget, not the 50 epochs
+    assert 0 < ck["iteration"] < 100 and ck["epoch"] < 50  # stopped by the 3 s budget, not the 50 epochs
     # a state_dict of another width is refused with the file named
     wrong = tmp / "wrong.yaml"
     wrong.write_text(text.replace("width: 8,", "width: 4,"))

@@ -4,7 +4,7 @@
 #      nothing else runs meanwhile, so its timings are clean;
 #   2. RI-GAN (width 16) and RI-GAN light (width 8) trained side by side on the GPU for the time left,
 #      each continuing from the CPU-trained weights carried in .gpu/init.
-# Results come back as $OUT/gpu.tgz, $OUT/train.tgz and $OUT/session.log.
+# Results come back as $OUT/gpu.tgz, $OUT/train_rigan.tgz, $OUT/train_rigan_light.tgz and $OUT/session.log.
 #
 # Prepare here (in the repo root; .gpu and .whl are in .git/info/exclude):
 #   .whl/av-18.1.0-*.whl                          (see tools/gpu_check.sh)
@@ -44,5 +44,8 @@ else
   for run in rigan rigan_light; do tail -n 3 "/tmp/gs/train/$run/train.log" 2>/dev/null; tail -c 600 "/tmp/gs/train/$run.stdout"; done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null
 fi
-tar czf "$FINAL_OUT/train.tgz" -C /tmp/gs/train --exclude='*.stdout' . && ls -la "$FINAL_OUT"
+for run in rigan rigan_light; do
+  [ -d "/tmp/gs/train/$run" ] && tar czf "$FINAL_OUT/train_$run.tgz" -C /tmp/gs/train "$run" "${run}_gpu.yaml"
+done
+ls -la "$FINAL_OUT"
 echo "== done ($(elapsed) s)"

@@ -146,9 +146,11 @@ def batches(ds: SynthHazeDataset, start_batch: int, per_epoch: int, size: int, w
     from torch.utils.data import DataLoader, Subset
 
     indices = range(start_batch * size, per_epoch * size)
+    # spawn, not fork: a child forked while OpenCV's or torch's thread pools hold a lock can wait on it
+    # forever (seen here); a stuck worker becomes an error after ``timeout`` instead of a silent hang
     loader = DataLoader(Subset(ds, indices), batch_size=size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4, drop_last=True,
-                        worker_init_fn=_one_thread_worker)
+                        worker_init_fn=_one_thread_worker, multiprocessing_context="spawn", timeout=300)
     for hazy, clear in loader:
         yield hazy.to(device, non_blocking=True), clear.to(device, non_blocking=True)
 
