@@ -36,7 +36,7 @@ else
   python3 tools/gpu_train_configs.py "$left" /tmp/gs/train
   for run in rigan rigan_light; do
     init=".gpu/init/${run}_last.pt"
-    timeout $((left + 30)) python3 -m pipeline train rigan --config "/tmp/gs/train/${run}_gpu.yaml" \
+    timeout -k 15 $((left + 30)) python3 -m pipeline train rigan --config "/tmp/gs/train/${run}_gpu.yaml" \
       --out "/tmp/gs/train/$run" --device cuda $( [ -f "$init" ] && echo --init "$init" ) \
       > "/tmp/gs/train/$run.stdout" 2>&1 &
   done

@@ -34,7 +34,7 @@ def gpu_config(base: dict, seconds: float, shared: Path, width: int, blocks: int
             if "cdnet2014-highway" in src["path"]:
                 src["every"] = 1
         clear.append(src)
-    cfg["data"].update(clear=clear, samples_per_epoch=64000)
+    cfg["data"].update(clear=clear, samples_per_epoch=320000)  # one epoch per run: workers start once
     cfg["train"].update(epochs=1000, batch=32, lr_g=3e-4, lr_d=1.5e-4, lr_floor=0.05, adv_start=0,
                         checkpoint_every=250, max_seconds=float(seconds), workers=workers)
     cfg["val"].update(hazy=None, clear=None)

@@ -151,8 +151,12 @@ def batches(ds: SynthHazeDataset, start_batch: int, per_epoch: int, size: int, w
     loader = DataLoader(Subset(ds, indices), batch_size=size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4, drop_last=True,
                         worker_init_fn=_one_thread_worker, multiprocessing_context="spawn", timeout=300)
-    for hazy, clear in loader:
-        yield hazy.to(device, non_blocking=True), clear.to(device, non_blocking=True)
+    batches_in = iter(loader)
+    try:
+        for hazy, clear in batches_in:
+            yield hazy.to(device, non_blocking=True), clear.to(device, non_blocking=True)
+    finally:
+        del batches_in  # shuts the workers down now, not at interpreter exit (a GPU run hung there)
 
 
 def _one_thread_worker(_: int) -> None:
@@ -306,6 +310,7 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
                     say(f"it {iteration} ep {epoch} " + " ".join(f"{k}={v:.4f}" for k, v in parts.items()))
                 if iteration % int(tc["checkpoint_every"]) == 0:
                     checkpoint(b + 1)
+            stream.close()
             start_batch = 0
             n = max(sums.pop("n", 1.0), 1.0)
             for k, v in sums.items():
