@@ -25,6 +25,7 @@ COMMANDS = {
     "train": "training.cli",
     "export": "training.export_cli",
     "build-engine": "engines.cli",
+    "quantize": "engines.quantize_cli",
 }
 
 
@@ -83,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", choices=("msfgnet", "rigan"))
     e.add_argument("--weights", default=None, metavar="FILE")
     e.add_argument("--out", required=True, metavar="FILE.onnx")
+
+    q = sub.add_parser("quantize", help="int8 QDQ copy of an ONNX graph for ONNX Runtime on the CPU, parity-gated")
+    q.add_argument("onnx", metavar="FILE.onnx")
+    q.add_argument("--calibration", default=None, metavar="URI",
+                   help="video file or image folder of the camera (default: the CDnet highway frames when present)")
+    q.add_argument("--frames", type=int, default=32, metavar="N", help="calibration frames to read")
+    q.add_argument("--stride", type=int, default=5, metavar="N", help="take every N-th frame")
+    q.add_argument("--out", default=None, metavar="FILE", help="default: <stem>.int8.onnx beside the input")
+    q.add_argument("--manifest", default=None, metavar="FILE", help="default: weights/manifest.json")
 
     be = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine, parity-gated")
     be.add_argument("onnx", metavar="FILE.onnx")

@@ -148,8 +148,10 @@ def int8_weights(tmp_path_factory):
         MsfgnetStage(config).setup()
     assert e.value.input == str(d / "msfgnet.int8.onnx") and "QDQ graph not found" in e.value.cause
     command = shlex.split(e.value.cause.split("manifest with: ", 1)[1])
-    assert command[0] == "python" and frames.is_dir()
-    r = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert command[:2] == ["hazeflow", "quantize"] and "VIDEO_OR_IMAGE_FOLDER" in command
+    command[command.index("VIDEO_OR_IMAGE_FOLDER")] = str(frames)
+    r = subprocess.run([sys.executable, "-m", "pipeline", *command[1:]], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return config
 
@@ -200,7 +202,7 @@ def test_bench_passes_precision_to_the_learned_stages():
     assert stage is None and "stages.dehaze.precision" in reason
     if not (WEIGHTS_DIR / "msfgnet.int8.onnx").is_file():
         stage, reason = build_stage("msfgnet", args("int8"))
-        assert stage is None and "msfgnet.int8.onnx" in reason and "quantize_qdq" in reason
+        assert stage is None and "msfgnet.int8.onnx" in reason and "hazeflow quantize" in reason
 
 
 # --- CUDA -----------------------------------------------------------------------------------
@@ -227,3 +229,21 @@ def test_torch_fp16_on_cuda_matches_fp32_on_the_cpu():
     print(f"dehaze fp16 cuda vs fp32 cpu: max {max(d.max() for d in diffs)}, mean {np.mean(diffs):.3f} grey levels")
     assert all(a.data["dehazed"].dtype == np.uint8 and a.data["dehazed"].shape == images[0].shape for a in got)
     assert np.mean(diffs) < 1.5 and np.percentile(np.concatenate([d.ravel() for d in diffs]), 99.9) <= 8
+
+
+def test_quantize_refuses_unverified_graphs_and_missing_frames(tmp_path, capsys):
+    """`hazeflow quantize` checks the fp32 graph against its manifest and names a missing calibration source."""
+    from pipeline.cli import main as cli
+
+    onnx = tmp_path / "msfgnet.onnx"
+    shutil.copy(WEIGHTS_DIR / "msfgnet.onnx", onnx)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"files": {}}')
+    assert cli(["quantize", str(onnx), "--manifest", str(manifest)]) != 0  # not listed: refused before loading
+    assert "msfgnet.onnx" in capsys.readouterr().err
+    record(onnx, manifest, model="msfgnet")
+    missing = tmp_path / "no-such-folder"
+    assert cli(["quantize", str(onnx), "--manifest", str(manifest), "--calibration", str(missing)]) != 0
+    err = capsys.readouterr().err
+    assert str(missing) in err and "calibration" in err
+    assert not (tmp_path / "msfgnet.int8.onnx").exists()

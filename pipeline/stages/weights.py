@@ -5,6 +5,7 @@ corrupt or unlisted file gives the same one-line ``WeightsError`` naming it.
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pipeline.errors import ConfigError, WeightsError
@@ -90,13 +91,14 @@ def int8_graph(onnx: Path, manifest: str | Path | None = None) -> Path:
 
 
 def quantize_command(onnx: Path, qdq: Path, manifest: str | Path | None = None) -> str:
-    """A shell command that writes ``qdq`` (calibrated on the CDnet highway frames) and records it."""
-    listed = f", {str(resolve_path(manifest))!r}" if manifest is not None else ""
-    return ("python -c \"from engines.cli import DEFAULT_FRAMES, read_frames; "
-            "from engines.quantize import feeds_from_frames, onnx_input_shapes, quantize_qdq; "
-            f"from engines.weights import record; src = {str(onnx)!r}; "
-            f"record(quantize_qdq(src, {str(qdq)!r}, feeds_from_frames(read_frames(DEFAULT_FRAMES), "
-            f"onnx_input_shapes(src))){listed})\"")
+    """The ``hazeflow quantize`` command that writes ``qdq`` from real frames and records it."""
+    default = qdq == onnx.with_name(onnx.stem + ".int8.onnx")
+    parts = ["hazeflow", "quantize", shlex.quote(str(onnx)), "--calibration", "VIDEO_OR_IMAGE_FOLDER"]
+    if not default:
+        parts += ["--out", shlex.quote(str(qdq))]
+    if manifest is not None:
+        parts += ["--manifest", shlex.quote(str(resolve_path(manifest)))]
+    return " ".join(parts)
 
 
 def tensorrt_runner(onnx: Path, *, section: str, device: str, precision: str, batch: int,
