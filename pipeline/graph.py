@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 from pipeline.errors import ConfigError, PipelineError, SourceError, StageError
 from pipeline.frame import Frame
+from pipeline.gpu import HostSide
 from pipeline.queues import EndOfStream, FrameQueue
 from pipeline.sinks import StreamOutputs, inside, safe_name, write_json_atomic
 from pipeline.sinks.summary import LatencyWindow, latency_stats
@@ -71,9 +72,11 @@ class CudaLink:
     stream in the stage's worker thread and hands it to
     ``stage.use_cuda_stream(stream)`` before ``setup``; after each call it
     records an event on that stream into ``frame.data["cuda_event"]``; a later
-    GPU stage makes its own stream wait on those events; the sink thread waits
-    on the host before it touches the data (DESIGN.md, "Data flow"). torch is
-    imported only here, only for such stages.
+    GPU stage makes its own stream wait on those events. A host stage or the
+    sink thread waits on the host, then downloads the frame's device tensors
+    once (``pipeline.gpu.HostSide``), so nothing on the host ever reads a torch
+    tensor (DESIGN.md, "Data flow"). torch is imported only here, only for such
+    stages.
     """
 
     def __init__(self, stage):
@@ -215,6 +218,7 @@ class Graph:
         self._sources: list = []
         self._queues: list[FrameQueue] = []
         self._t0 = None
+        self._sink_host = HostSide()  # the sink thread's waits and downloads (GPU stages only)
 
     # ------------------------------------------------------------ public
     def stop(self, reason: str = "interrupted") -> None:
@@ -372,6 +376,7 @@ class Graph:
         try:
             try:
                 cuda = CudaLink(stage) if CudaLink.wanted(stage) else None
+                host = HostSide() if cuda is None else None
                 stage.setup()
             except Exception as e:
                 self._record(_as_stage_error(node.name, e, "setup"))
@@ -389,6 +394,8 @@ class Graph:
                 try:
                     if cuda is not None:
                         cuda.before(batch)
+                    else:
+                        host.frames_to_host(batch)  # after GPU stages: wait, download once
                     done = self._process(node, stats, batch)
                     if cuda is not None:
                         cuda.after(done)
@@ -454,9 +461,8 @@ class Graph:
                 self._finalise(out)
 
     def _write(self, frame: Frame, out: StreamOutputs) -> None:
-        event = frame.data.pop("cuda_event", None)
-        if event is not None:  # GPU stages ran asynchronously: wait before reading their outputs
-            event.synchronize()
+        # GPU stages ran asynchronously: wait for them, then download their device tensors
+        self._sink_host.frame_to_host(frame)
         t = time.perf_counter()
         out.write(frame)
         dt = time.perf_counter() - t

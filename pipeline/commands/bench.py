@@ -19,6 +19,14 @@ For each resolution and number of streams K:
 Latency p50/p99 is per call: the time a frame spends in that stage (batch
 included). The loop is sequential on purpose: it measures the work, not the
 overlap a threaded graph adds on a machine with spare cores.
+
+With ``--device cuda`` a stage that has a device path (``wants_cuda_stream``:
+dehaze and msfgnet on the torch backend) gets its own CUDA stream as in the
+graph, so its frames stay on the GPU: its time includes the upload of a numpy
+input and the GPU work (the bench waits for the device after each call), and
+its outputs feed the next stage as device tensors. They are downloaded once
+(pipeline.gpu.data_to_host) before a host stage or the encoder reads them;
+that download is counted in ``end_to_end``, not in a stage's own time.
 """
 from __future__ import annotations
 
@@ -178,6 +186,10 @@ def build_stage(name: str, args):
         if "threads" in fields and args.threads:
             changes["threads"] = args.threads
         stage = cls(dataclasses.replace(config, **changes))
+        if args.device == "cuda" and getattr(stage, "wants_cuda_stream", False):
+            import torch
+
+            stage.use_cuda_stream(torch.cuda.Stream())  # the device path, as the graph runs it
         stage.setup()
         return stage, None
     except Exception as e:
@@ -214,14 +226,50 @@ def batches(frames: list[Frame], size: int):
         yield frames[i:i + size]
 
 
+class HostCopies:
+    """Device tensors a GPU stage left in frames -> numpy, before a host stage or the encoder reads them.
+
+    The bench has no per-frame CUDA events (the graph does), so it waits for the whole device first.
+    Frames without tensors cost nothing and import nothing (the CPU bench).
+    """
+
+    def __init__(self):
+        self._downloader = None
+
+    def __call__(self, frames) -> None:
+        from pipeline.gpu import PinnedDownloader, data_to_host, is_tensor
+
+        if not any(is_tensor(v) for f in frames for v in f.data.values()):
+            return
+        import torch
+
+        torch.cuda.synchronize()
+        self._downloader = self._downloader or PinnedDownloader()
+        for f in frames:
+            data_to_host(f.data, self._downloader)
+
+
+def wait_for_device(stage) -> None:
+    """A stage on the device path returns before its GPU work is done: time the work, not the launch."""
+    if getattr(stage, "on_device", False):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def time_stage(stage, streams: list[list[np.ndarray]], produced: dict) -> dict:
     times, count = [], 0
+    to_host = HostCopies()
+    on_device = getattr(stage, "on_device", False)
     for group in groups(streams):
         for batch in batches(group, stage.max_batch):
             for f in batch:
                 fill_ports(f, stage, produced)
+            if not on_device:
+                to_host(batch)  # an earlier stage's device outputs: not this stage's time
             t0 = time.perf_counter()
             stage.process(batch)
+            wait_for_device(stage)
             times.append(time.perf_counter() - t0)
             count += len(batch)
             for f in batch:
@@ -235,6 +283,7 @@ def run_chain(clip: bytes, width: int, height: int, k: int, frames: int, chain: 
     """decode -> chain -> encode, one group of K frames (one per stream) per step."""
     streams = [StreamIO(clip, width, height) for _ in range(k)]
     times, count = [], 0
+    to_host = HostCopies()
     try:
         for i in range(frames):
             t0 = time.perf_counter()
@@ -246,8 +295,11 @@ def run_chain(clip: bytes, width: int, height: int, k: int, frames: int, chain: 
             if not group:
                 break
             for stage in chain:
+                if not getattr(stage, "on_device", False):
+                    to_host(group)
                 for batch in batches(group, stage.max_batch):
                     stage.process(batch)
+            to_host(group)  # download once before encoding
             for f in group:
                 out = f.data.get("dehazed")
                 streams[int(f.stream[1:])].encoder.encode(out if out is not None else f.image)

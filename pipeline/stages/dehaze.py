@@ -24,6 +24,14 @@ ONNX Runtime on the CPU by default (fp32, or int8 from the QDQ graph
 ``<weights stem>.int8.onnx``); ``backend: torch`` uses engines.torch (fp16 on
 cuda); ``backend: tensorrt`` builds or reuses an engine of the verified ONNX
 graph through the engine cache. ``auto`` follows engines.load.choose_backend.
+
+Device path (``backend: torch``, ``device: cuda``, and a CUDA stream handed in
+with ``use_cuda_stream``, as the graph does): the stage runs on that stream. The haze score and the gate
+stay on the host (they read the numpy frame); a frame that is dehazed is
+uploaded once (pinned, async), downscaled, run through RI-GAN and carried to
+full size on the GPU by the same maths (pipeline.guided_torch), so ``dehazed``
+is an HxWx3 uint8 CUDA tensor; the graph downloads it once, before a host
+stage or the sinks (pipeline.gpu.data_to_host). No host synchronisation.
 """
 from __future__ import annotations
 
@@ -154,11 +162,34 @@ class DehazeStage(Stage):
         self.config = config or self.Config()
         _check(self.config)
         self._runner = None
+        self._device_capable = None  # resolved once (auto may probe TensorRT)
+        self._stream = None      # CUDA stream from the graph (device path)
+        self._uploader = None
         self._gates: dict[str, _Gate] = {}
         self._dcp: dict[str, DarkChannelDehazer] = {}
         self._upsampler = GuidedUpsampler(self.config.guided_radius, self.config.guided_eps)
         self._t_upsampler = TransmissionUpsampler(self.config.guided_radius, self.config.guided_eps)
         self._input = None
+
+    # --- device path ---------------------------------------------------------
+    @property
+    def wants_cuda_stream(self) -> bool:
+        """Read by pipeline.graph.CudaLink: the device path exists (RI-GAN, torch backend on cuda)."""
+        if self._device_capable is None:
+            c = self.config
+            self._device_capable = (c.device == "cuda" and c.method == "rigan" and c.when != "never"
+                                    and resolve_backend(c.backend, c.device) == "torch")
+        return self._device_capable
+
+    @property
+    def on_device(self) -> bool:
+        """Frames stay on the GPU: only once a stream owner (the graph) handed this stage its stream.
+        Called directly without one, the stage keeps the host contract (numpy in, numpy out)."""
+        return self._stream is not None and self.wants_cuda_stream
+
+    def use_cuda_stream(self, stream) -> None:
+        """The stream this stage's GPU work runs on (the graph's); call before ``setup``."""
+        self._stream = stream
 
     # --- lifecycle -----------------------------------------------------------
     def setup(self) -> None:
@@ -194,7 +225,7 @@ class DehazeStage(Stage):
         # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
         runner = TorchRunner(self.config.torch_factory, weights=path, device=self.config.device,
                              fp16=self.config.precision == "fp16", channels_last=self.config.device == "cuda",
-                             input_names=("hazy",), threads=self.config.threads,
+                             stream=self._stream, input_names=("hazy",), threads=self.config.threads,
                              manifest=resolve_path(self.config.manifest),
                              name="rigan")
         try:
@@ -203,6 +234,7 @@ class DehazeStage(Stage):
             raise WeightsError(str(path), f"cannot build the torch model ({str(e)[:200]})") from None
 
     def close(self) -> None:
+        self._uploader = None
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None
@@ -232,7 +264,12 @@ class DehazeStage(Stage):
                 apply = gate.update(score, c.threshold, c.threshold - c.hysteresis, c.hold_frames)
             frame.data["haze_score"] = score
             frame.data["dehaze_applied"] = apply
-            frame.data["dehazed"] = self.dehaze(image, frame.stream) if apply else image
+            if not apply:
+                frame.data["dehazed"] = image
+            elif self.on_device:
+                frame.data["dehazed"] = self._rigan_device(image)
+            else:
+                frame.data["dehazed"] = self.dehaze(image, frame.stream)
         return frames
 
     def dehaze(self, image: np.ndarray, stream: str = "") -> np.ndarray:
@@ -284,6 +321,36 @@ class DehazeStage(Stage):
             return self._t_upsampler(outs["transmission"][0, 0], outs["airlight"].reshape(3), grey_low, image)
         out_low = np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0))
         return self._upsampler(low, out_low, image)
+
+    def _rigan_device(self, image: np.ndarray):
+        """The host path's _rigan on the GPU: HxWx3 uint8 numpy in, HxWx3 uint8 CUDA tensor out (async)."""
+        import torch
+
+        from pipeline import guided_torch as gt
+        from pipeline.gpu import PinnedUploader
+
+        if self._runner is None:
+            self.setup()
+        c = self.config
+        stream = self._runner.stream
+        if self._uploader is None:
+            self._uploader = PinnedUploader(c.device)
+        h, w = image.shape[:2]
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            frame = self._uploader.upload(image, stream)
+            # BGR, as the host feeds it
+            low = gt.network_input(frame, self._network_size(w, h), STRIDE, c.internal_scale < 1.0)
+            try:
+                outs = self._runner.infer_tensors({"hazy": low})
+            except Exception as e:
+                raise StageError("dehaze", f"RI-GAN inference failed on a {w}x{h} frame: {e}") from e
+            if c.internal_scale >= 1.0:
+                return gt.dehazed_full(outs["dehazed"], h, w)
+            if "transmission" in outs and "airlight" in outs:
+                return gt.transmission_upsample(outs["transmission"].float(), outs["airlight"].float(),
+                                                gt.grey_float(low), frame, c.guided_radius, c.guided_eps,
+                                                self._t_upsampler.t_min)
+            return gt.guided_upsample(low, outs["dehazed"].float(), frame, c.guided_radius, c.guided_eps)
 
 
 def _check(c: DehazeStage.Config) -> None:

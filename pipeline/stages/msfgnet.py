@@ -18,6 +18,15 @@ or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
 ``training.models.msfgnet`` by name, for CUDA (fp32 or fp16) or for checking
 parity; TensorRT builds (or reuses from the engine cache) an engine from the
 verified ONNX graph. ``backend: auto`` follows ``engines.load.choose_backend``.
+
+Device path (``backend: torch``, ``device: cuda``, and a CUDA stream handed in
+with ``use_cuda_stream`` before ``setup``, as the graph does): on that stream the input (``dehazed`` as a CUDA tensor, or a numpy image
+uploaded once) is made grey and resized on the GPU with OpenCV's arithmetic
+(pipeline.guided_torch), each stream's window lives in a
+:class:`pipeline.gpu.DeviceFrameBuffer` (same slots and indices as the host's
+FrameBuffer), and the probability is upsampled and thresholded there.
+``fg_prob`` and ``mask`` are CUDA tensors that the graph downloads once before
+a host stage or the sinks read them (pipeline.gpu.data_to_host).
 """
 from __future__ import annotations
 
@@ -91,6 +100,9 @@ class MsfgnetStage(Stage):
         self.frames_in_window = 0
         self.buffer: FrameBuffer | None = None
         self._inputs: dict[tuple[int, int], np.ndarray] = {}  # reused network inputs by working size
+        self._stream = None          # CUDA stream from the graph (device path)
+        self._device_buffer = None   # DeviceFrameBuffer (device path)
+        self._uploader = None
 
     def _check(self) -> None:
         c = self.config
@@ -116,6 +128,21 @@ class MsfgnetStage(Stage):
             self._backend = resolve_backend(self.config.backend, self.config.device)
         return self._backend
 
+    @property
+    def wants_cuda_stream(self) -> bool:
+        """Read by pipeline.graph.CudaLink: the device path exists (torch backend on cuda)."""
+        return self.config.device == "cuda" and self.backend == "torch"
+
+    @property
+    def on_device(self) -> bool:
+        """Windows, network and threshold on the GPU: only once a stream owner (the graph) handed this
+        stage its stream before ``setup``. Called directly without one, ports stay numpy."""
+        return self._stream is not None and self.wants_cuda_stream
+
+    def use_cuda_stream(self, stream) -> None:
+        """The stream this stage's GPU work runs on (the graph's); call before ``setup``."""
+        self._stream = stream
+
     def setup(self) -> None:
         if self.runner is not None:
             return
@@ -123,6 +150,10 @@ class MsfgnetStage(Stage):
                 "tensorrt": self._tensorrt_runner}[self.backend]
         self.runner = make()
         self.buffer = FrameBuffer((self.frames_in_window - 1) * self.config.stride + 1)
+        if self.on_device:
+            from pipeline.gpu import DeviceFrameBuffer
+
+            self._device_buffer = DeviceFrameBuffer(self.buffer.T)
 
     def _onnxruntime_runner(self):
         c = self.config
@@ -159,7 +190,7 @@ class MsfgnetStage(Stage):
         path = verified_weights(c.torch_weights, c.manifest)
         # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
         runner = TorchRunner(TORCH_FACTORY, weights=path, device=c.device, threads=c.threads or None,
-                             fp16=c.precision == "fp16", channels_last=c.device == "cuda",
+                             fp16=c.precision == "fp16", channels_last=c.device == "cuda", stream=self._stream,
                              input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,),
                              **({} if c.manifest is None else {"manifest": resolve_path(c.manifest)}))
         try:
@@ -177,11 +208,15 @@ class MsfgnetStage(Stage):
             self.runner.deactivate()
             self.runner = None
         self.buffer = None
+        self._device_buffer = None
+        self._uploader = None
         self._inputs.clear()
 
     def reset_stream(self, stream: str) -> None:
         if self.buffer is not None:
             self.buffer.reset(stream)
+        if self._device_buffer is not None:
+            self._device_buffer.reset(stream)
 
     # --- frames ----------------------------------------------------------------
     def window(self, frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
@@ -202,6 +237,9 @@ class MsfgnetStage(Stage):
     def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
         if self.runner is None:
             self.setup()
+        if self._device_buffer is not None:
+            self._process_device(frames)
+            return frames
         if len(frames) == 1:  # the common case: one reused input buffer per working size
             self._process_one(frames[0])
             return frames
@@ -232,3 +270,59 @@ class MsfgnetStage(Stage):
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
         frame.data["fg_prob"] = full
         frame.data["mask"] = cv2.threshold(full, self.config.threshold, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
+
+    # --- device path -------------------------------------------------------------
+    def _process_device(self, frames: Sequence[Frame]) -> None:
+        """process() on the GPU, asynchronous on the runner's stream; ports left as CUDA tensors."""
+        import torch
+
+        stream = self.runner.stream
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            windows, sizes = [], []
+            for f in frames:  # in order: a stream's frames may share a batch
+                image = self._device_image(f.data.get("dehazed", f.image), stream)
+                h, w = image.shape[:2]
+                sizes.append((h, w))
+                # a float copy now: the ring's view changes with the next push (a stream's frames may share a batch)
+                windows.append(self._device_window(f.stream, image, working_size(w, h, self.config.scale)).float())
+            groups: dict[tuple, list[int]] = {}
+            for i, win in enumerate(windows):
+                groups.setdefault(tuple(win.shape), []).append(i)
+            for members in groups.values():
+                batch = windows[members[0]][None] if len(members) == 1 else torch.stack([windows[i] for i in members])
+                prob = self.runner.infer_tensors({self._input_name: batch.mul_(1 / 255)})[OUTPUT_NAME]
+                for k, i in enumerate(members):
+                    self._write_device(frames[i], prob[k:k + 1].float(), sizes[i])
+
+    def _device_image(self, image, stream):
+        """The stage input as a device uint8 tensor: uploaded once if it is still numpy."""
+        if isinstance(image, np.ndarray):
+            if self._uploader is None:
+                from pipeline.gpu import PinnedUploader
+
+                self._uploader = PinnedUploader(self.config.device)
+            return self._uploader.upload(image, stream)
+        if image.is_cuda:
+            image.record_stream(stream)  # written on the producer's stream, read on ours
+        return image
+
+    def _device_window(self, stream_name: str, image, size: tuple[int, int]):
+        """grey_small + FrameBuffer push + window_indices pick, on the GPU: (T, h, w) uint8."""
+        from pipeline import guided_torch as gt
+
+        grey = gt.grey_u8(image)
+        w, h = size
+        if tuple(grey.shape) != (h, w):
+            grey = gt.resize_area(grey[None, None].float(), (h, w), quantise=True)[0, 0].to(grey.dtype)
+        self._device_buffer.push(stream_name, grey)
+        return self._device_buffer.window(stream_name, self.frames_in_window, self.config.stride)
+
+    def _write_device(self, frame: Frame, prob, size: tuple[int, int]) -> None:
+        """_write on the GPU: 1x1xhxw float probability -> full-size fg_prob and the 0/255 mask."""
+        import torch
+
+        from pipeline import guided_torch as gt
+
+        full = gt.resize_linear(prob, size)[0, 0]
+        frame.data["fg_prob"] = full
+        frame.data["mask"] = (full > self.config.threshold).to(torch.uint8).mul_(255)
