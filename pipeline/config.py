@@ -58,8 +58,13 @@ class RuntimeConfig:
     queue_size: int = 8
     #: auto: files block (lossless), live inputs drop the oldest frame
     policy: Literal["auto", "block", "drop_oldest"] = "auto"
+    #: rewrite summary.json this often while running (0 = only at the end); a camera that runs for
+    #: days, or a process that is killed, still leaves current numbers behind
+    summary_interval_s: float = 30.0
 
     def __post_init__(self):
+        if self.summary_interval_s < 0:
+            raise ConfigError("runtime.summary_interval_s", f"must be >= 0 (0 = only at the end), got {self.summary_interval_s}")
         if self.queue_size < 1:
             raise ConfigError("runtime.queue_size", f"must be >= 1, got {self.queue_size}")
         if self.max_frames is not None and self.max_frames < 1:

@@ -194,7 +194,8 @@ class Graph:
     """
 
     def __init__(self, nodes: Sequence[StageNode], output: str | Path, outputs, *, queue_size: int = 8,
-                 policy: str = "auto", max_frames: int | None = None, live: dict | None = None):
+                 policy: str = "auto", max_frames: int | None = None, live: dict | None = None,
+                 summary_interval_s: float = 0.0):
         check_ports(nodes)
         if queue_size < 1:
             raise ConfigError("runtime.queue_size", f"must be >= 1, got {queue_size}")
@@ -205,6 +206,8 @@ class Graph:
         self.policy = policy
         self.max_frames = max_frames
         self.live_override = live or {}
+        self.summary_interval_s = summary_interval_s
+        self._outputs: dict = {}
         self._stop = threading.Event()
         self._hard_stop = threading.Event()
         self._lock = threading.Lock()
@@ -270,6 +273,7 @@ class Graph:
         self._queues = [FrameQueue(self.queue_size, name=n, live_streams=live) for n in names]
         outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint)
                    for name, s in self.streams.items()}
+        self._outputs = outputs
 
         ready = [threading.Event() for _ in self.nodes]
         workers = [threading.Thread(target=self._stage_worker, name=f"stage-{n.name}",
@@ -523,6 +527,7 @@ class Graph:
 
     def _join(self, readers, workers, on_progress, interval) -> None:
         stopped_at = None
+        next_summary = time.monotonic() + self.summary_interval_s if self.summary_interval_s > 0 else None
         while True:
             alive_readers = [t for t in readers if t.is_alive()]
             alive = alive_readers + [t for t in workers if t.is_alive()]
@@ -541,54 +546,82 @@ class Graph:
             alive[0].join(interval)
             if on_progress is not None:
                 on_progress(self.progress())
+            if next_summary is not None and time.monotonic() >= next_summary:
+                self._write_summaries(self._outputs, final=False)
+                next_summary = time.monotonic() + self.summary_interval_s
 
     # ------------------------------------------------------------ summary
     def _finish(self, outputs: dict) -> RunReport:
-        wall = time.monotonic() - self._t0
         for q in self._queues:  # drops counted by the live queues
             for (stream, reason), n in q.drops.items():
                 self.streams[stream].dropped[reason] += n
             q.drops.clear()
-        stages = {name: s.as_dict() for name, s in self.stage_stats.items()}
-        stages["sinks"] = self.sink_stats.as_dict()
-        streams, paths, summary_paths = {}, {}, []
-        for name, s in self.streams.items():
-            out = outputs[name]
-            paths[name] = out.paths()
-            streams[name] = self._stream_summary(s, stages, out, wall)
+        return self._write_summaries(outputs, final=True)
+
+    def _write_summaries(self, outputs: dict, final: bool) -> RunReport | None:
+        """summary.json per stream and for the run; ``final=False`` while running (``"running": true``,
+        the live queues' drops added without moving them). The workers keep counting meanwhile: a
+        snapshot that changes under it is skipped and taken at the next interval."""
+        wall = time.monotonic() - self._t0
+        try:
+            pending: dict = {}
+            if not final:
+                for q in self._queues:
+                    for key, n in list(q.drops.items()):
+                        pending[key] = pending.get(key, 0) + n
+            stages = {name: s.as_dict() for name, s in self.stage_stats.items()}
+            stages["sinks"] = self.sink_stats.as_dict()
+            streams, paths = {}, {}
+            for name, s in self.streams.items():
+                out = outputs[name]
+                paths[name] = out.paths()
+                streams[name] = self._stream_summary(s, stages, out, wall, pending)
+                streams[name]["running"] = not final
+        except RuntimeError:  # a dict resized by a worker during the snapshot
+            if final:
+                raise
+            return None
+        summary_paths = []
+        for name in streams:
             folder = inside(self.output, safe_name(name))
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / "summary.json", streams[name])
             summary_paths.append(folder / "summary.json")
-        report = RunReport(streams=streams, stages=stages, errors=list(self.errors), interrupted=self.interrupted,
-                           wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self._first_error)
         self.output.mkdir(parents=True, exist_ok=True)
         total = sum(s.processed for s in self.streams.values())
         write_json_atomic(self.output / "summary.json", {
-            "streams": streams, "stages": stages, "errors": self.errors, "interrupted": self.interrupted,
-            "wall_s": round(wall, 3), "fps": round(total / wall, 2) if wall > 0 else None,
+            "streams": streams, "stages": stages, "errors": list(self.errors), "interrupted": self.interrupted,
+            "running": not final, "wall_s": round(wall, 3), "fps": round(total / wall, 2) if wall > 0 else None,
             "frames": {"in": sum(s.frames_in for s in self.streams.values()), "processed": total,
-                       "dropped": sum(sum(s.dropped.values()) for s in self.streams.values())},
+                       "dropped": sum(st["frames"]["dropped"] for st in streams.values())},
         })
         summary_paths.append(self.output / "summary.json")
-        return report
+        if not final:
+            return None
+        return RunReport(streams=streams, stages=stages, errors=list(self.errors), interrupted=self.interrupted,
+                         wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self._first_error)
 
-    def _stream_summary(self, s: StreamStats, stages: dict, out: StreamOutputs, wall: float) -> dict:
+    def _stream_summary(self, s: StreamStats, stages: dict, out: StreamOutputs, wall: float,
+                        pending: dict | None = None) -> dict:
         span = (s.t_last_out - s.t_first_in) if (s.t_last_out and s.t_first_in) else 0.0
+        dropped = dict(s.dropped)
+        for (stream, reason), n in (pending or {}).items():
+            if stream == s.name:
+                dropped[reason] = dropped.get(reason, 0) + n
         source = next((src for src in self._sources if src.name == s.name), None)
         return {
             "stream": s.name,
             "input": s.input,
             "live": s.live,
             "policy": "drop_oldest" if s.live else "block",
-            "frames": {"in": s.frames_in, "processed": s.processed, "dropped": sum(s.dropped.values()),
-                       "dropped_by_reason": dict(s.dropped)},
+            "frames": {"in": s.frames_in, "processed": s.processed, "dropped": sum(dropped.values()),
+                       "dropped_by_reason": dropped},
             "fps": round(s.processed / span, 2) if span > 0 else None,
             "wall_s": round(wall, 3),
             "latency": {"end_to_end": latency_stats(s.latency_s.values())},
             "stages": stages,
             # this stream's own errors, then those that stopped the whole graph
-            "errors": s.errors + self.graph_errors,
+            "errors": list(s.errors) + list(self.graph_errors),
             "source_events": list(getattr(source, "events", []) or []),
             "interrupted": self.interrupted,
             "outputs": sorted(str(p.relative_to(out.folder)) for p in out.paths()),

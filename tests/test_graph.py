@@ -398,3 +398,40 @@ def test_queue_block_waits_for_room_and_gives_up_on_stop():
     assert q.put(Frame("f", 3, None, np.zeros((1, 1, 3), np.uint8))) is True
     q.close()
     assert [f.index for f in q.get_batch(4)] == [3] and q.get_batch(4) is None
+
+
+def test_summary_is_rewritten_while_a_live_stream_runs(tmp_path):
+    """A camera that runs for days (or a process killed mid-run) still leaves current numbers in summary.json."""
+    source = ListSource("cam", 60, live=True, interval=0.02)  # ~1.2 s of camera
+    g = graph(tmp_path, [StageNode(MaskStage(delay=0.03), "testmask")], queue_size=2, summary_interval_s=0.2,
+              outputs=OutputsConfig(dehazed_video=False, preview=False, masks=False))
+    seen = []
+
+    def watch():
+        path = tmp_path / "out" / "cam" / "summary.json"
+        while t.is_alive():
+            if path.is_file():
+                seen.append(json.loads(path.read_text()))  # atomic rename: never a half-written file
+            time.sleep(0.05)
+
+    t = threading.Thread(target=g.run, args=([source],))
+    t.start()
+    watch()
+    t.join()
+    running = [s for s in seen if s["running"]]
+    assert running, "no summary.json was written before the end"
+    assert all(0 <= s["frames"]["processed"] <= 60 for s in running)
+    assert max(s["frames"]["processed"] for s in running) > 0
+    assert any(s["frames"]["dropped"] > 0 for s in running)  # the live queues' drops, counted while running
+    final = json.loads((tmp_path / "out" / "cam" / "summary.json").read_text())
+    assert final["running"] is False and final["frames"]["in"] == 60
+    assert final["frames"]["in"] == final["frames"]["processed"] + final["frames"]["dropped"]
+    run_level = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert run_level["running"] is False and run_level["frames"]["dropped"] == final["frames"]["dropped"]
+
+
+def test_summary_interval_must_not_be_negative():
+    from pipeline.config import RuntimeConfig
+
+    with pytest.raises(ConfigError, match="runtime.summary_interval_s"):
+        RuntimeConfig(summary_interval_s=-1)

@@ -88,7 +88,7 @@ def main(args) -> int:
     try:
         graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
                       policy=config.runtime.policy, max_frames=config.runtime.max_frames,
-                      live=live_overrides(config, sources))
+                      live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s)
     except BaseException:
         for s in sources:
             s.close()
