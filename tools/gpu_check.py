@@ -339,6 +339,56 @@ def model_throughput(results: dict, modules: dict) -> None:
     results["model_throughput"] = {"card": name, "peak_fp16_flops": peak, "hbm_bytes_per_s": bandwidth, "rows": rows}
 
 
+def compiled_throughput(results: dict, modules: dict) -> None:
+    """torch.compile (Inductor, default mode: pointwise ops fused into their neighbours) on the two networks
+    at the stage's 1080p working size, fp16 channels_last batch 8: frames/s and max difference from eager.
+    Skipped when less than 90 s of the budget is left (compilation takes tens of seconds)."""
+    import copy
+
+    import torch
+
+    from engines.load import MODELS
+
+    rows = []
+    t_window = modules["msfgnet"].spec.frames
+    for model, shape in (("rigan", (3, 540, 960)), ("msfgnet", (t_window, 540, 960))):
+        if DEADLINE - time.monotonic() < 90:
+            rows.append({"model": model, "skipped": "time budget spent"})
+            continue
+        try:
+            eager = copy.deepcopy(modules[model]).cuda().half().eval().to(memory_format=torch.channels_last)
+            x = torch.rand(8, *shape, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+            t0 = time.perf_counter()
+            compiled = torch.compile(eager)
+            with torch.inference_mode():
+                want = eager(x)
+                got = compiled(x)
+                torch.cuda.synchronize()
+                compile_s = time.perf_counter() - t0
+                name = MODELS[model].output_names[0]
+                pick = (lambda o: o[name] if isinstance(o, dict) else (o[0] if isinstance(o, (tuple, list)) else o))
+                diff = float((pick(got).float() - pick(want).float()).abs().max())
+                timings = {}
+                for label, fn in (("eager", eager), ("compiled", compiled)):
+                    for _ in range(3):
+                        fn(x)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(40):
+                        fn(x)
+                    end.record()
+                    end.synchronize()
+                    timings[label] = round(8 * 40 / (start.elapsed_time(end) / 1e3), 1)
+            rows.append({"model": model, "shape": f"8x{shape}", "compile_s": round(compile_s, 1),
+                         "fps_eager": timings["eager"], "fps_compiled": timings["compiled"], "max_abs_vs_eager": diff})
+            print(f"[compile] {rows[-1]}", flush=True)
+        except Exception as e:  # Inductor missing a compiler, an unsupported op: recorded, the rest goes on
+            rows.append({"model": model, "error": f"{type(e).__name__}: {e}"[:400]})
+            print(f"[compile] {model}: {rows[-1]['error']}", flush=True)
+        torch.cuda.empty_cache()
+    results["compiled_throughput"] = rows
+
+
 def activation_bytes(module, shape) -> int:
     """fp16 bytes of every leaf module's output for one frame (eager: each is written to and read from memory)."""
     import copy
@@ -377,7 +427,8 @@ def main() -> int:
     for step in (lambda: results.update(_modules=torch_parity(results, frames)),
                  lambda: tensorrt_parity(results, results["_modules"], frames),
                  lambda: model_throughput(results, results["_modules"]),
-                 lambda: queue_checks(results, results["_modules"], frames)):
+                 lambda: queue_checks(results, results["_modules"], frames),
+                 lambda: compiled_throughput(results, results["_modules"])):
         try:
             step()
         except Exception as e:
