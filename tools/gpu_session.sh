@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole device session in one call (about 9.5 minutes in all, GPU_SESSION_S):
-#   1. tools/gpu_check.sh with shortened budgets (parity, model throughput, queue path, gpu tests, bench at 1080p);
-#      nothing else runs meanwhile, so its timings are clean;
+#   1. tools/gpu_check.sh with shortened budgets (parity, model throughput, queue path, torch.compile trial,
+#      gpu tests, bench at 1080p), then tools/gpu_streams.py (`hazeflow run` itself with 1/8/32 streams at 1080p);
+#      nothing else runs meanwhile, so the timings are clean;
 #   2. RI-GAN (width 16) and RI-GAN light (width 8) trained side by side on the GPU for the time left,
 #      each continuing from the CPU-trained weights carried in .gpu/init.
 # First use (2026-11-26, H100): checks took 117 s, both trainings 4000 iterations in 368 s; the call then
@@ -28,9 +29,12 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 echo "== gpu checks ($(elapsed) s)"
 OUT=/tmp/gs/check GPU_CHECK_BUDGET_S=${GPU_CHECK_BUDGET_S:-200} PYTEST_TIMEOUT_S=40 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-45} \
   bash tools/gpu_check.sh
+echo "== hazeflow run with 1/8/32 streams at 1080p ($(elapsed) s)"
+ls .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH="/tmp/site:$PWD" || export PYTHONPATH="$PWD"
+timeout -k 10 "${STREAMS_TIMEOUT_S:-150}" python3 tools/gpu_streams.py --device cuda --precision fp16 --size 1920x1080 \
+  --streams 1 --streams 8 --streams 32 --frames 60 --json /tmp/gs/check/streams.json | tee /tmp/gs/check/streams.md
 tar czf "$FINAL_OUT/gpu.tgz" -C /tmp/gs/check .
 
-ls .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH="/tmp/site:$PWD" || export PYTHONPATH="$PWD"
 left=$(( LIMIT - $(elapsed) - 45 ))
 echo "== training for ${left} s ($(elapsed) s)"
 if [ "$left" -lt 60 ]; then
