@@ -293,11 +293,8 @@ class DehazeStage(Stage):
     def _network_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(low-res HxWx3 float image, 1x3xhxw network input) at the internal size, padded to the stride."""
         h, w = image.shape[:2]
-        s = self.config.internal_scale
-        if s < 1.0:
-            sw = max(STRIDE, int(round(w * s / STRIDE)) * STRIDE)
-            sh = max(STRIDE, int(round(h * s / STRIDE)) * STRIDE)
-            small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        if self.config.internal_scale < 1.0:
+            small = cv2.resize(image, self._network_size(w, h), interpolation=cv2.INTER_AREA)
         else:
             ph, pw = (-h) % STRIDE, (-w) % STRIDE
             border = cv2.BORDER_REFLECT_101 if min(h, w) > max(ph, pw) else cv2.BORDER_REPLICATE
