@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
+from pipeline.gpu import data_to_host
 from pipeline.sinks.atomic import inside, safe_name
 from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
@@ -53,7 +53,7 @@ class StreamOutputs:
     def write(self, frame) -> None:
         if not self._opened:
             self._open()
-        _to_host(frame.data)
+        data_to_host(frame.data)  # a no-op after the graph's HostSide; here for callers outside the graph
         for sink in self.sinks:
             sink.write(frame)
         self.frames += 1
@@ -73,15 +73,3 @@ class StreamOutputs:
         for sink in self.sinks:
             out.extend(sink.paths)
         return out
-
-
-#: ports the sinks read; a GPU stage may leave them as device tensors
-_HOST_PORTS = ("dehazed", "mask")
-
-
-def _to_host(data: dict) -> None:
-    """Download device tensors (torch) once, right before encoding (DESIGN.md: download before encode)."""
-    for key in _HOST_PORTS:
-        value = data.get(key)
-        if value is not None and not isinstance(value, np.ndarray) and hasattr(value, "cpu"):
-            data[key] = value.detach().cpu().numpy()
