@@ -175,6 +175,15 @@ def test_dehaze_input_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "a.png" in err and "cannot read" in err and len(err.splitlines()) == 1
 
+    # tiny images are refused before any method runs, with the file named (SSIM needs a 7x7 window)
+    for method, cause in (("rigan", "SSIM needs at least 7x7"), ("dcp", "SSIM needs at least 7x7")):
+        hazy, clear = make_pairs(tmp_path / f"tiny_{method}")
+        for folder in (hazy, clear):
+            cv2.imwrite(str(folder / "a.png"), np.full((3, 3, 3), 128, np.uint8))
+        assert cli(["eval", "dehaze", "--hazy", str(hazy), "--clear", str(clear), "--method", method]) != 0
+        err = capsys.readouterr().err.strip()
+        assert str(hazy / "a.png") in err and cause in err and len(err.splitlines()) == 1, err
+
 
 def test_images_are_converted_to_8bit_bgr(tmp_path):
     grey = tmp_path / "grey.png"

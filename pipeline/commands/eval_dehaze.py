@@ -44,8 +44,14 @@ def main(args) -> int:
             hazy, clear = read_bgr8(hazy_path), read_bgr8(clear_path)
             if hazy.shape != clear.shape:
                 raise SourceError(str(hazy_path), f"size {_size(hazy)} differs from {clear_path}'s {_size(clear)}")
+            if min(hazy.shape[:2]) < SSIM_WINDOW:
+                raise SourceError(str(hazy_path), f"image is {_size(hazy)}; SSIM needs at least "
+                                                  f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels")
             t = time.perf_counter()
-            out = method(hazy)
+            try:
+                out = method(hazy)
+            except (StageError, SourceError) as e:  # name the file, not the stage's frame counter
+                raise type(e)(str(hazy_path), e.cause) from None
             busy += time.perf_counter() - t
             if out.shape != hazy.shape or out.dtype != np.uint8:
                 raise StageError(f"--method {args.method}", f"returned {out.dtype} {out.shape} for {hazy.shape} uint8")
@@ -60,6 +66,10 @@ def main(args) -> int:
     if args.json:
         write_json(report, args.json)
     return 0
+
+
+#: skimage's structural_similarity window (7x7): smaller images cannot be scored
+SSIM_WINDOW = 7
 
 
 def pair_files(hazy_dir: Path, clear_dir: Path) -> list[tuple[str, Path, Path]]:
