@@ -18,6 +18,19 @@ class Stage:
     outputs: ClassVar[tuple[str, ...]] = ()
     #: most frames (from any streams) handed to one ``process`` call
     max_batch: int = 1
+    #: a stage with a device path says so (read by pipeline.graph.CudaLink, which then hands it a stream)
+    wants_cuda_stream: bool = False
+    _stream = None
+
+    def use_cuda_stream(self, stream) -> None:
+        """The CUDA stream this stage's GPU work runs on (the graph's); called before ``setup``."""
+        self._stream = stream
+
+    @property
+    def on_device(self) -> bool:
+        """Frames stay on the GPU only once a stream owner (the graph) handed this stage its stream;
+        called directly without one, a stage keeps the host contract (numpy in, numpy out)."""
+        return self._stream is not None and self.wants_cuda_stream
 
     def setup(self) -> None:
         """Acquire resources (models, sessions). Called once in the worker."""

@@ -181,15 +181,6 @@ class DehazeStage(Stage):
                                     and resolve_backend(c.backend, c.device) == "torch")
         return self._device_capable
 
-    @property
-    def on_device(self) -> bool:
-        """Frames stay on the GPU: only once a stream owner (the graph) handed this stage its stream.
-        Called directly without one, the stage keeps the host contract (numpy in, numpy out)."""
-        return self._stream is not None and self.wants_cuda_stream
-
-    def use_cuda_stream(self, stream) -> None:
-        """The stream this stage's GPU work runs on (the graph's); call before ``setup``."""
-        self._stream = stream
 
     # --- lifecycle -----------------------------------------------------------
     def setup(self) -> None:

@@ -133,15 +133,6 @@ class MsfgnetStage(Stage):
         """Read by pipeline.graph.CudaLink: the device path exists (torch backend on cuda)."""
         return self.config.device == "cuda" and self.backend == "torch"
 
-    @property
-    def on_device(self) -> bool:
-        """Windows, network and threshold on the GPU: only once a stream owner (the graph) handed this
-        stage its stream before ``setup``. Called directly without one, ports stay numpy."""
-        return self._stream is not None and self.wants_cuda_stream
-
-    def use_cuda_stream(self, stream) -> None:
-        """The stream this stage's GPU work runs on (the graph's); call before ``setup``."""
-        self._stream = stream
 
     def setup(self) -> None:
         if self.runner is not None:
