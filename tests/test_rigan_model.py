@@ -10,8 +10,8 @@ from skimage.metrics import structural_similarity  # noqa: E402
 
 from pipeline.errors import PipelineError, SourceError  # noqa: E402
 from training.data.dehaze import (  # noqa: E402
-    ClearImage, HazeParams, SynthHazeDataset, generic_depth, read_image, read_pair, road_scene_depth,
-    room_depth, synthesize, to_bgr8,
+    ClearImage, HazeParams, SynthHazeDataset, composite_sky, generic_depth, read_image, read_pair,
+    road_scene_depth, room_depth, synthesize, to_bgr8,
 )
 from training.losses.dehaze import LossWeights, d_loss, edge_loss, generator_loss, ssim  # noqa: E402
 from training.models.rigan import (  # noqa: E402
@@ -140,6 +140,29 @@ def test_synthesis_is_deterministic_and_hazes():
     hazy = synthesize(img, depth, np.random.default_rng(1), strong)
     # haze lifts contrast towards A: the far side has less spread than the near side
     assert hazy[:, -10:].std() < 0.3 * hazy[:, :10].std()
+
+
+def test_composited_sky_is_the_airlight_and_survives_haze():
+    rng = np.random.default_rng(3)
+    img = (rng.random((120, 160, 3)) * 120).astype(np.uint8)  # dark clutter, no sky of its own
+    params = HazeParams(sky_prob=1.0, clear_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, beta=(2.8, 2.8))
+    out, sky, airlight = composite_sky(img, np.random.default_rng(7), params)
+    assert sky.any() and not sky.all()
+    # the sky hangs from the top edge: in every column it is a run of rows starting at row 0
+    first_ground = np.argmin(sky, axis=0)
+    assert all(not sky[r:, c].any() for c, r in enumerate(first_ground))
+    assert np.array_equal(out[~sky], img[~sky])
+    sky_bgr = out[sky].astype(np.float32) / 255.0
+    assert np.abs(sky_bgr.mean(axis=0) - airlight).max() < 0.12  # A is the sky's own colour
+    depth = np.full(sky.shape, 0.3, np.float32)
+    depth[sky] = 1.0
+    hazy = synthesize(out, depth, np.random.default_rng(2), params, airlight=airlight)
+    # dense haze: the ground is lifted towards A; the sky only loses its own gradient (<= 12 %)
+    change = np.abs(hazy.astype(np.float32) - out.astype(np.float32)) / 255.0
+    assert change[sky].mean() < 0.1 and change[~sky].mean() > 4 * change[sky].mean()
+    ds = SynthHazeDataset([ClearImage(img, "road", "t")], patch=64, length=4, seed=1, short_side=(64, 96),
+                          params=params)
+    assert np.array_equal(ds.pair(2)[0], ds.pair(2)[0])
 
 
 def test_image_conversions_and_bad_files(tmp_path):

@@ -76,6 +76,13 @@ def test_bad_config_and_bad_weights_are_one_line_errors(tiny_setup, capsys):
     assert cli(["train", "rigan", "--config", str(bad), "--out", str(tmp / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hazeflow: error: train.epochz: unknown key") and "\n" not in err
+    for haze, key in (("{skyprob: 0.3}", "data.haze.skyprob: unknown key"),
+                      ("{sky_prob: 1.5}", "data.haze: sky_prob must be in [0, 1]"),
+                      ("{sky_level: [0.9, 0.6]}", "data.haze: sky_level must be [low, high]")):
+        bad.write_text(f"data: {{haze: {haze}}}\n")
+        assert cli(["train", "rigan", "--config", str(bad), "--out", str(tmp / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"hazeflow: error: {key}") and "\n" not in err, err
     junk = tmp / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert cli(["export", "rigan", "--weights", str(junk), "--out", str(tmp / "o.onnx")]) == 2

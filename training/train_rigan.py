@@ -25,7 +25,7 @@ import torch
 
 from pipeline.errors import ConfigError, PipelineError, WeightsError
 from training.common import load_checkpoint, load_yaml, pick_device, save_checkpoint, save_curves
-from training.data.dehaze import PairedFolderDataset, SynthHazeDataset, clear_pool
+from training.data.dehaze import HazeParams, PairedFolderDataset, SynthHazeDataset, clear_pool
 from training.losses.dehaze import LossWeights, d_loss, generator_loss
 from training.models.rigan import RIDiscriminator, RIGenerator, RIGeneratorPorts, dehaze_any_size, generator_shape
 
@@ -37,7 +37,9 @@ DEFAULTS = {
     "seed": 1,
     "out": "runs/rigan",
     "model": {"width": 16, "blocks": 4, "d_width": 16},
-    "data": {"patch": 128, "short_side": [160, 320], "samples_per_epoch": 2000, "clear": [{"skimage": True}]},
+    "data": {"patch": 128, "short_side": [160, 320], "samples_per_epoch": 2000, "clear": [{"skimage": True}],
+             "haze": {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                      for f in fields(HazeParams)}},
     "train": {"epochs": 8, "batch": 8, "lr_g": 3e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "lr_floor": 0.1,
               "adv_start": 300, "threads": 1, "checkpoint_every": 50, "max_iterations": None,
               "max_seconds": None, "workers": 0},
@@ -81,6 +83,23 @@ def load_config(path: str | Path | None) -> dict:
 
 
 # --------------------------------------------------------------------------- helpers
+def haze_params(given: dict | None) -> HazeParams:
+    """``data.haze`` of the config (already merged over the defaults) as HazeParams."""
+    if not given:
+        return HazeParams()
+    try:
+        params = HazeParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        for f in fields(params):
+            value = getattr(params, f.name)
+            if isinstance(f.default, tuple) and (len(value) != 2 or value[0] > value[1]):
+                raise ValueError(f"{f.name} must be [low, high], got {list(value)}")
+            if f.name.endswith("_prob") and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{f.name} must be in [0, 1], got {value}")
+    except (TypeError, ValueError) as e:
+        raise ConfigError("data.haze", str(e)) from None
+    return params
+
+
 def as_uint8(t: torch.Tensor) -> np.ndarray:
     """3 x H x W tensor in [0, 1] -> H x W x 3 uint8 (BGR stays BGR)."""
     return (t.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
@@ -207,7 +226,7 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
 
     pool = clear_pool(dc["clear"])
     ds = SynthHazeDataset(pool, patch=int(dc["patch"]), length=int(dc["samples_per_epoch"]), seed=int(cfg["seed"]),
-                          short_side=tuple(dc["short_side"]))
+                          short_side=tuple(dc["short_side"]), params=haze_params(dc.get("haze")))
     val = None
     if vc["hazy"] and resolve(vc["hazy"]).is_dir() and resolve(vc["clear"]).is_dir():
         val = PairedFolderDataset(resolve(vc["hazy"]), resolve(vc["clear"]), limit=vc["limit"])

@@ -19,6 +19,14 @@ of that: random β and airlight A (grey to tinted), non-homogeneous haze (β tim
 a smooth random field), sensor noise and JPEG artefacts. A few pairs are left
 clear (β = 0) so the model learns to leave clear images alone.
 
+Sky: in a real hazy photograph the sky *is* the airlight (it is the light scattered
+along an infinitely long path), so a hazy sky keeps its brightness after dehazing.
+Our clear sources are mostly road footage with little sky, and A was drawn
+independently of the picture, so the model learned to put A above a bright sky and
+painted dark blotches into real skies (docs/models.md). ``composite_sky`` replaces
+the part of some pictures above a random skyline with a smooth overcast sky at the
+farthest depth and draws A from that sky's own brightness and colour.
+
 Everything is deterministic given the seed: item ``i`` of epoch ``e`` draws from
 ``numpy.random.default_rng([seed, e, i])``.
 
@@ -315,11 +323,17 @@ class HazeParams:
     jpeg_prob: float = 0.4
     jpeg_quality: tuple[int, int] = (35, 95)
     clear_prob: float = 0.05                          # pairs left haze-free
+    sky_prob: float = 0.0                             # pictures given a composited sky that sets A
+    sky_level: tuple[float, float] = (0.6, 1.0)       # sky brightness at the horizon
+    sky_line: tuple[float, float] = (0.08, 0.5)       # mean skyline height, fraction of the picture from the top
 
 
 def synthesize(clear: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
-               params: HazeParams = HazeParams()) -> np.ndarray:
-    """Hazy BGR uint8 version of ``clear`` given relative ``depth`` in [0, 1]."""
+               params: HazeParams = HazeParams(), airlight: np.ndarray | None = None) -> np.ndarray:
+    """Hazy BGR uint8 version of ``clear`` given relative ``depth`` in [0, 1].
+
+    ``airlight`` (3 values in [0, 1], BGR) fixes A instead of drawing it.
+    """
     h, w = clear.shape[:2]
     if rng.random() < params.clear_prob:
         hazy = clear.copy()
@@ -335,6 +349,8 @@ def synthesize(clear: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
         a = np.full(3, rng.uniform(*params.airlight), np.float32)
         if rng.random() < params.tint_prob:
             a = np.clip(a + rng.uniform(-params.tint, params.tint, 3).astype(np.float32), 0.3, 1.0)
+        if airlight is not None:
+            a = np.asarray(airlight, np.float32)
         hazy = apply_haze(clear, t, a)
     if rng.random() < params.noise_prob:
         noise = rng.normal(0.0, rng.uniform(*params.noise_sigma) * 255.0, hazy.shape)
@@ -345,6 +361,39 @@ def synthesize(clear: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
         if ok:
             hazy = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     return hazy
+
+
+def composite_sky(image: np.ndarray, rng: np.random.Generator,
+                  params: HazeParams = HazeParams()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint an overcast sky above a random skyline: (image, HxW bool sky mask, airlight BGR).
+
+    The skyline is smooth hills or a stepped roofline; the sky is brightest at the
+    skyline and darkens upwards by up to 12 %, with faint cloud texture. Its colour
+    at the skyline, times 0.98-1.04, is the airlight: a hazy sky then stays the
+    brightness it had, as in real photographs.
+    """
+    h, w = image.shape[:2]
+    knots = int(rng.integers(2, 14))
+    heights = rng.uniform(-0.12, 0.12, knots + 1) * h + rng.uniform(*params.sky_line) * h
+    xs = np.linspace(0, w - 1, knots + 1)
+    cols = np.arange(w, dtype=np.float32)
+    if rng.random() < 0.5:   # roofline: flat steps
+        line = heights[np.minimum((cols * knots / w).astype(int), knots)]
+    else:                    # hills / tree line
+        line = np.interp(cols, xs, heights)
+    line = np.clip(line, 2, h - 2)
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    mask = rows < line[None, :]
+    level = rng.uniform(*params.sky_level)
+    tint = rng.uniform(-0.05, 0.05, 3) if rng.random() < params.tint_prob else np.zeros(3)  # hazy skies are near grey
+    colour = np.clip(level + tint, 0.3, 1.0).astype(np.float32)
+    fall = rng.uniform(0.0, 0.12)
+    vertical = 1.0 - fall * (1.0 - rows / max(float(line.max()), 1.0))          # darker towards the top
+    clouds = 1.0 + rng.uniform(0.0, 0.05) * (smooth_noise(h, w, rng, int(rng.integers(2, 8))) - 0.5)
+    sky = np.clip(colour[None, None, :] * (vertical * clouds)[:, :, None], 0.0, 1.0)
+    out = np.where(mask[:, :, None], (sky * 255.0 + 0.5).astype(np.uint8), image)
+    airlight = np.clip(colour * rng.uniform(0.98, 1.04), 0.0, 1.0).astype(np.float32)
+    return np.ascontiguousarray(out), mask, airlight
 
 
 def recolour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -400,8 +449,13 @@ class SynthHazeDataset:
         size = (max(self.patch, int(round(w * scale))), max(self.patch, int(round(h * scale))))
         image = cv2.resize(item.image, size, interpolation=cv2.INTER_AREA)
         image = recolour(image, rng)
+        airlight = None
+        if self.params.sky_prob > 0 and rng.random() < self.params.sky_prob:  # no draw at 0: old seeds keep their pairs
+            image, sky, airlight = composite_sky(image, rng, self.params)
         depth = scene_depth(item, image, rng)
-        hazy = synthesize(image, depth, rng, self.params)
+        if airlight is not None:
+            depth[sky] = 1.0  # the sky is the farthest thing in the picture
+        hazy = synthesize(image, depth, rng, self.params, airlight=airlight)
         y0 = int(rng.integers(0, image.shape[0] - self.patch + 1))
         x0 = int(rng.integers(0, image.shape[1] - self.patch + 1))
         crop = (slice(y0, y0 + self.patch), slice(x0, x0 + self.patch))
