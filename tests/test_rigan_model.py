@@ -165,6 +165,30 @@ def test_composited_sky_is_the_airlight_and_survives_haze():
     assert np.array_equal(ds.pair(2)[0], ds.pair(2)[0])
 
 
+def test_rendered_rooms_have_exact_depth_and_crop_consistently():
+    from training.data.rooms import render_room
+
+    rng = np.random.default_rng(0)
+    textures = [(rng.random((80, 90, 3)) * 255).astype(np.uint8)]
+    image, depth, farthest = render_room(60, 80, np.random.default_rng(4), textures)
+    again = render_room(60, 80, np.random.default_rng(4), textures)
+    assert np.array_equal(image, again[0]) and np.array_equal(depth, again[1])
+    assert image.shape == (60, 80, 3) and image.dtype == np.uint8 and image.std() > 5
+    assert np.isfinite(depth).all() and depth.min() > 0 and depth.max() <= farthest
+    # a window of the camera's picture has the same geometry as that crop of the whole picture
+    window, wdepth, _ = render_room(24, 32, np.random.default_rng(4), textures, full=(60, 80), offset=(10, 30))
+    np.testing.assert_allclose(wdepth, depth[10:34, 30:62], rtol=1e-5)
+    # the dataset draws whole pairs of rooms among the other sources
+    pool = [ClearImage(textures[0], "road", "t"), ClearImage(None, "room", "rooms", group=1)]
+    ds = SynthHazeDataset(pool, patch=32, length=8, seed=2, short_side=(40, 60))
+    kinds = []
+    for i in range(8):
+        hazy, clear = ds.pair(i)
+        assert hazy.shape == clear.shape == (32, 32, 3)
+        kinds.append(np.random.default_rng([2, 0, i]).integers(2))
+    assert 0 < sum(kinds) < 8
+
+
 def test_image_conversions_and_bad_files(tmp_path):
     grey = np.full((20, 30), 100, np.uint8)
     assert to_bgr8(grey).shape == (20, 30, 3)

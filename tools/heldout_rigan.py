@@ -4,7 +4,8 @@ Pairs come from the training synthesis with seed 99, which no training run uses,
 clear pool of configs/train_rigan.yaml: 96 crops of 128x128. Two sets: the synthesis without
 composited skies (the set every earlier selection used, so numbers stay comparable) and the
 same seed with a composited sky in every picture (airlight = the sky's colour; the case of
-the sky defect in docs/models.md). SOTS-indoor-dev is never used for selection (it is the
+the sky defect in docs/models.md), and 96 crops of rendered rooms (training.data.rooms,
+textured with the same pool). SOTS-indoor-dev is never used for selection (it is the
 validation set of `hazeflow eval dehaze`).
 
 usage: python tools/heldout_rigan.py WEIGHTS.pt [WEIGHTS.pt ...]   (state_dicts or last.pt files)
@@ -28,11 +29,14 @@ from training.train_rigan import load_generator, resolve  # noqa: E402
 SEED, CROPS = 99, 96
 
 
-def heldout_pairs(count: int = CROPS, params: HazeParams = HazeParams()) -> list[tuple[np.ndarray, np.ndarray]]:
+def heldout_pairs(count: int = CROPS, params: HazeParams = HazeParams(),
+                  rooms: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     cfg = yaml.safe_load((ROOT / "configs" / "train_rigan.yaml").read_text())
     clear = [dict(s, path=str(resolve(s["path"]))) if "path" in s else s for s in cfg["data"]["clear"]]
     ds = SynthHazeDataset(clear_pool(clear), patch=128, length=count, seed=SEED,
                           short_side=tuple(cfg["data"]["short_side"]), params=params)
+    if rooms:
+        return [ds._room_pair(np.random.default_rng([SEED, 0, i])) for i in range(count)]
     return [ds.pair(i) for i in range(count)]
 
 
@@ -56,7 +60,8 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     torch.set_num_threads(2)
-    sets = {"no sky": heldout_pairs(), "sky": heldout_pairs(params=HazeParams(sky_prob=1.0))}
+    sets = {"no sky": heldout_pairs(), "sky": heldout_pairs(params=HazeParams(sky_prob=1.0)),
+            "rooms": heldout_pairs(rooms=True)}
     for name, pairs in sets.items():
         ident = np.mean([psnr(h, c) for h, c in pairs])
         print(f"held-out synthetic, {name} (seed {SEED}, {len(pairs)} crops): hazy input PSNR {ident:.2f} dB")

@@ -11,7 +11,9 @@ image gets a *plausible* depth map drawn from one of several families:
 - generic scenes: smooth random fields, tilted planes, indoor-like rooms (floor,
   ceiling, side walls and a back wall seen in perspective) with box furniture;
 - the one clear photo with measured depth (skimage's Middlebury motorcycle,
-  depth = 1 / disparity).
+  depth = 1 / disparity);
+- rendered rooms (``training.data.rooms``, config entry ``{rooms: true}``): the
+  picture is made with its exact depth, textured with patches of the other sources.
 
 Depth edges are snapped to image edges with a guided filter (guide = the clear
 image) so haze changes where objects change, as it does in real scenes. On top
@@ -47,6 +49,7 @@ from pipeline import imageio
 from pipeline.errors import SourceError, SourceNotFoundError
 from pipeline.guided import guided_filter
 from pipeline.haze import apply_haze, road_depth, transmission
+from training.data.rooms import render_room
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 MIN_SIDE = 16  # smaller images cannot carry a useful training crop or a network pass
@@ -102,8 +105,8 @@ def read_pair(hazy_path: Path, clear_path: Path) -> tuple[np.ndarray, np.ndarray
 class ClearImage:
     """A clear picture, the depth family it suits, and a measured depth when one exists."""
 
-    image: np.ndarray            # HxWx3 uint8 BGR
-    kind: str                    # "road" | "street" | "generic"
+    image: np.ndarray | None     # HxWx3 uint8 BGR; None for "room" (rendered per pair)
+    kind: str                    # "road" | "street" | "generic" | "room"
     source: str
     depth: np.ndarray | None = None
     group: int = 0               # index of the config entry it came from (sampling is balanced over groups)
@@ -153,7 +156,8 @@ def clear_pool(sources: list[dict]) -> list[ClearImage]:
     """Load the clear sources named in the config.
 
     Each entry: ``{path: GLOB, kind: road|street|generic, every: N, limit: M}`` for
-    videos or image folders, or ``{skimage: true}``. Missing paths are skipped
+    videos or image folders, ``{skimage: true}``, or ``{rooms: true}`` (rooms rendered
+    per pair, textured with the other entries' pictures). Missing paths are skipped
     (the shared data is absent on fresh clones); an empty pool is an error.
     """
     pool: list[ClearImage] = []
@@ -161,11 +165,13 @@ def clear_pool(sources: list[dict]) -> list[ClearImage]:
         start = len(pool)
         if src.get("skimage"):
             pool.extend(skimage_photos())
+        elif src.get("rooms"):
+            pool.append(ClearImage(None, "room", "rendered rooms"))
         else:
             pool.extend(_load_source(src))
         for item in pool[start:]:
             item.group = group
-    if not pool:
+    if not any(item.image is not None for item in pool):
         raise SourceError("data.clear", "no clear images found in any configured source")
     return pool
 
@@ -435,6 +441,7 @@ class SynthHazeDataset:
         for i, item in enumerate(pool):
             groups.setdefault(item.group, []).append(i)
         self.groups = list(groups.values())
+        self.textures = [item.image for item in pool if item.image is not None]
 
     def __len__(self) -> int:
         return self.length
@@ -444,6 +451,8 @@ class SynthHazeDataset:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         members = self.groups[int(rng.integers(len(self.groups)))]
         item = self.pool[members[int(rng.integers(len(members)))]]
+        if item.kind == "room":
+            return self._room_pair(rng)
         h, w = item.image.shape[:2]
         scale = rng.uniform(*self.short_side) / min(h, w)
         size = (max(self.patch, int(round(w * scale))), max(self.patch, int(round(h * scale))))
@@ -462,6 +471,15 @@ class SynthHazeDataset:
         hazy, clear = hazy[crop], image[crop]
         if rng.random() < 0.5:
             hazy, clear = hazy[:, ::-1], clear[:, ::-1]
+        return hazy, clear
+
+    def _room_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A crop of a rendered 4:3 room picture; depth relative to the room's farthest corner."""
+        short = rng.uniform(*self.short_side)
+        full = (int(short), int(short * 4 / 3))
+        offset = (int(rng.integers(0, full[0] - self.patch + 1)), int(rng.integers(0, full[1] - self.patch + 1)))
+        clear, depth, farthest = render_room(self.patch, self.patch, rng, self.textures, full, offset)
+        hazy = synthesize(clear, np.clip(depth / farthest, 0.0, 1.0), rng, self.params)
         return hazy, clear
 
     def __getitem__(self, index: int):
