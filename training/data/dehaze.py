@@ -21,13 +21,15 @@ of that: random β and airlight A (grey to tinted), non-homogeneous haze (β tim
 a smooth random field), sensor noise and JPEG artefacts. A few pairs are left
 clear (β = 0) so the model learns to leave clear images alone.
 
-Sky: in a real hazy photograph the sky *is* the airlight (it is the light scattered
-along an infinitely long path), so a hazy sky keeps its brightness after dehazing.
-Our clear sources are mostly road footage with little sky, and A was drawn
-independently of the picture, so the model learned to put A above a bright sky and
-painted dark blotches into real skies (docs/models.md). ``composite_sky`` replaces
-the part of some pictures above a random skyline with a smooth overcast sky at the
-farthest depth and draws A from that sky's own brightness and colour.
+Sky: in a real hazy photograph the sky is already the light the haze scatters; it
+has no "clear" version to recover, and the right output keeps it as it is, whatever
+its gradient or glow. Our clear sources are mostly road footage with little sky, and
+A was drawn independently of the picture, so the model learned to put A above bright
+skies and, with the low transmission of a far region, painted dark blotches into real
+skies (docs/models.md). ``composite_sky`` replaces the part of some pictures above a
+random skyline with an overcast sky (gradient, glow, faint clouds) that the haze
+leaves unchanged (t = 1 there), and takes A from the sky's brightest colour, so the
+ground just below the skyline fades into the sky as it does in real haze.
 
 Everything is deterministic given the seed: item ``i`` of epoch ``e`` draws from
 ``numpy.random.default_rng([seed, e, i])``.
@@ -335,10 +337,12 @@ class HazeParams:
 
 
 def synthesize(clear: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
-               params: HazeParams = HazeParams(), airlight: np.ndarray | None = None) -> np.ndarray:
+               params: HazeParams = HazeParams(), airlight: np.ndarray | None = None,
+               keep: np.ndarray | None = None) -> np.ndarray:
     """Hazy BGR uint8 version of ``clear`` given relative ``depth`` in [0, 1].
 
-    ``airlight`` (3 values in [0, 1], BGR) fixes A instead of drawing it.
+    ``airlight`` (3 values in [0, 1], BGR) fixes A instead of drawing it; pixels where
+    the HxW bool ``keep`` is set are left unhazed (t = 1: a composited sky).
     """
     h, w = clear.shape[:2]
     if rng.random() < params.clear_prob:
@@ -357,6 +361,8 @@ def synthesize(clear: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
             a = np.clip(a + rng.uniform(-params.tint, params.tint, 3).astype(np.float32), 0.3, 1.0)
         if airlight is not None:
             a = np.asarray(airlight, np.float32)
+        if keep is not None:
+            t[keep] = 1.0
         hazy = apply_haze(clear, t, a)
     if rng.random() < params.noise_prob:
         noise = rng.normal(0.0, rng.uniform(*params.noise_sigma) * 255.0, hazy.shape)
@@ -374,9 +380,10 @@ def composite_sky(image: np.ndarray, rng: np.random.Generator,
     """Paint an overcast sky above a random skyline: (image, HxW bool sky mask, airlight BGR).
 
     The skyline is smooth hills or a stepped roofline; the sky is brightest at the
-    skyline and darkens upwards by up to 12 %, with faint cloud texture. Its colour
-    at the skyline, times 0.98-1.04, is the airlight: a hazy sky then stays the
-    brightness it had, as in real photographs.
+    skyline and darkens upwards by up to 25 %, half the time with a glow (a broad
+    bright patch, as round the hidden sun) and always with faint clouds. Its
+    brightest colour, times 0.98-1.02, is the airlight. The caller leaves the sky
+    unhazed (``synthesize(keep=mask)``).
     """
     h, w = image.shape[:2]
     knots = int(rng.integers(2, 14))
@@ -393,12 +400,18 @@ def composite_sky(image: np.ndarray, rng: np.random.Generator,
     level = rng.uniform(*params.sky_level)
     tint = rng.uniform(-0.05, 0.05, 3) if rng.random() < params.tint_prob else np.zeros(3)  # hazy skies are near grey
     colour = np.clip(level + tint, 0.3, 1.0).astype(np.float32)
-    fall = rng.uniform(0.0, 0.12)
-    vertical = 1.0 - fall * (1.0 - rows / max(float(line.max()), 1.0))          # darker towards the top
-    clouds = 1.0 + rng.uniform(0.0, 0.05) * (smooth_noise(h, w, rng, int(rng.integers(2, 8))) - 0.5)
-    sky = np.clip(colour[None, None, :] * (vertical * clouds)[:, :, None], 0.0, 1.0)
+    fall = rng.uniform(0.0, 0.25)
+    shade = 1.0 - fall * (1.0 - rows / max(float(line.max()), 1.0))             # darker towards the top
+    shade = shade * (1.0 + rng.uniform(0.0, 0.05) * (smooth_noise(h, w, rng, int(rng.integers(2, 8))) - 0.5))
+    if rng.random() < 0.5:   # glow round a hidden sun
+        gy, gx = rng.uniform(0.0, 1.0) * float(line.max()), rng.uniform(0.0, w)
+        radius = rng.uniform(0.2, 0.6) * w
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        shade = shade + rng.uniform(0.05, 0.2) * np.exp(-((yy - gy) ** 2 + (xx - gx) ** 2) / (2 * radius ** 2))
+    sky = np.clip(colour[None, None, :] * shade[:, :, None], 0.0, 1.0)
     out = np.where(mask[:, :, None], (sky * 255.0 + 0.5).astype(np.uint8), image)
-    airlight = np.clip(colour * rng.uniform(0.98, 1.04), 0.0, 1.0).astype(np.float32)
+    brightest = sky[mask].max(axis=0) if mask.any() else colour
+    airlight = np.clip(brightest * rng.uniform(0.98, 1.02), 0.0, 1.0).astype(np.float32)
     return np.ascontiguousarray(out), mask, airlight
 
 
@@ -458,13 +471,11 @@ class SynthHazeDataset:
         size = (max(self.patch, int(round(w * scale))), max(self.patch, int(round(h * scale))))
         image = cv2.resize(item.image, size, interpolation=cv2.INTER_AREA)
         image = recolour(image, rng)
-        airlight = None
+        airlight = sky = None
         if self.params.sky_prob > 0 and rng.random() < self.params.sky_prob:  # no draw at 0: old seeds keep their pairs
             image, sky, airlight = composite_sky(image, rng, self.params)
         depth = scene_depth(item, image, rng)
-        if airlight is not None:
-            depth[sky] = 1.0  # the sky is the farthest thing in the picture
-        hazy = synthesize(image, depth, rng, self.params, airlight=airlight)
+        hazy = synthesize(image, depth, rng, self.params, airlight=airlight, keep=sky)
         y0 = int(rng.integers(0, image.shape[0] - self.patch + 1))
         x0 = int(rng.integers(0, image.shape[1] - self.patch + 1))
         crop = (slice(y0, y0 + self.patch), slice(x0, x0 + self.patch))
