@@ -32,7 +32,10 @@ SEED, CROPS = 99, 96
 def heldout_pairs(count: int = CROPS, params: HazeParams = HazeParams(),
                   rooms: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     cfg = yaml.safe_load((ROOT / "configs" / "train_rigan.yaml").read_text())
-    clear = [dict(s, path=str(resolve(s["path"]))) if "path" in s else s for s in cfg["data"]["clear"]]
+    # the photo and video sources only: rendered rooms are their own set, and adding them to the
+    # group draw would change every pair of the sets that earlier selections used
+    clear = [dict(s, path=str(resolve(s["path"]))) if "path" in s else s for s in cfg["data"]["clear"]
+             if not s.get("rooms")]
     ds = SynthHazeDataset(clear_pool(clear), patch=128, length=count, seed=SEED,
                           short_side=tuple(cfg["data"]["short_side"]), params=params)
     if rooms:
