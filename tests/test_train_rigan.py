@@ -131,6 +131,14 @@ def test_init_from_a_run_and_a_time_budget_that_ends_mid_epoch(tiny_setup):
                 "--init", str(first / "last.pt")]) == 0
     log = (out / "train.log").read_text()
     assert f"initialised from {first / 'last.pt'} (generator + discriminator)" in log
+    # with validation off, the epoch line does not repeat the init run's val_psnr as if measured
+    budget.write_text(text.replace("val: {", "val: {hazy: null, clear: null, ").replace(
+        "hazy: " + str(tmp / "hazy") + ", clear: " + str(tmp / "clear") + ", ", ""))
+    novali = tmp / "novali"
+    assert cli(["train", "rigan", "--config", str(budget), "--out", str(novali), "--device", "cpu",
+                "--init", str(first / "last.pt")]) == 0
+    epoch_lines = [ln for ln in (novali / "train.log").read_text().splitlines() if " epoch " in ln and "train_g=" in ln]
+    assert epoch_lines and not any("val_psnr" in ln for ln in epoch_lines)
     ck = torch.load(out / "last.pt", weights_only=True)
     assert 0 < ck["iteration"] < 100 and ck["epoch"] < 50  # stopped by the 3 s budget, not the 50 epochs
     # a state_dict of another width is refused with the file named

@@ -332,15 +332,15 @@ def _train(args, cfg: dict, out: Path, device: torch.device, log) -> int:
             stream.close()
             start_batch = 0
             n = max(sums.pop("n", 1.0), 1.0)
-            for k, v in sums.items():
-                history.setdefault(f"train_{k}", []).append(v / n)
+            latest = {f"train_{k}": v / n for k, v in sums.items()}  # what this epoch measured (no stale val_*)
             sums = {}
             finished = next_b >= per_epoch
             epoch += int(finished)  # a run stopped by its time budget ends mid-epoch and resumes there
             metrics, rows = validate(gen, val, device, keep=int(vc["sheet"]))
-            for k, v in metrics.items():
+            latest.update(metrics)
+            for k, v in latest.items():
                 history.setdefault(k, []).append(v)
-            say(f"epoch {epoch} {'done' if finished else f'stopped at batch {next_b} (time budget)'}; " + " ".join(f"{k}={v[-1]:.4f}" for k, v in history.items()))
+            say(f"epoch {epoch} {'done' if finished else f'stopped at batch {next_b} (time budget)'}; " + " ".join(f"{k}={v:.4f}" for k, v in latest.items()))
             checkpoint(0 if finished else next_b)
             (out / "history.json").write_text(json.dumps(history, indent=1))
             save_curves(out / "curves.png", history, title="RI-GAN training")
