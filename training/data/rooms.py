@@ -135,7 +135,7 @@ def render_room(h: int, w: int, rng: np.random.Generator, textures: list[np.ndar
     forward = _pick(axis, [c > 0 for c in d])
     face = axis * 2 + forward                         # 0..5: -x, +x, -y (floor), +y, -z, +z (back wall)
     # n . light of the surface: the normal points back along the ray's component on the hit axis
-    ndl = np.where(forward, -1.0, 1.0) * _pick(axis, [np.full((H, W), v, np.float32) for v in light])
+    ndl = np.where(forward, -1.0, 1.0) * light[axis]
 
     # furniture: boxes standing on the floor (slab test)
     item = np.full((H, W), -1, np.int32)
@@ -156,15 +156,13 @@ def render_room(h: int, w: int, rng: np.random.Generator, textures: list[np.ndar
             continue
         depth = np.where(hit, near, depth)
         hforward = _pick(hax, [c > 0 for c in d])
-        hndl = np.where(hforward, -1.0, 1.0) * _pick(hax, [np.full((H, W), v, np.float32) for v in light])
+        hndl = np.where(hforward, -1.0, 1.0) * light[hax]
         ndl = np.where(hit, hndl, ndl)
         face = np.where(hit, 6 + hax, face)
         item[hit] = len(boxes)
         boxes.append(k)
 
-    d = rays
-    p = d * depth[..., None]                          # hit points, camera-relative
-    world = p - lo                                    # coordinates from the room's corner, metres
+    world = rays * depth[..., None] - lo              # hit points from the room's corner, metres
     image = np.zeros((H, W, 3), np.float32)
     kinds = {0: "wall", 1: "wall", 2: "floor", 3: "ceiling", 4: "wall", 5: "wall"}
     uv = {0: (2, 1), 1: (2, 1), 2: (0, 2), 3: (0, 2), 4: (0, 1), 5: (0, 1)}   # face -> surface axes
