@@ -39,7 +39,7 @@ def heldout_pairs(count: int = CROPS, params: HazeParams = HazeParams(),
     ds = SynthHazeDataset(clear_pool(clear), patch=128, length=count, seed=SEED,
                           short_side=tuple(cfg["data"]["short_side"]), params=params)
     if rooms:
-        return [ds._room_pair(np.random.default_rng([SEED, 0, i])) for i in range(count)]
+        return [ds.room_pair(np.random.default_rng([SEED, 0, i])) for i in range(count)]
     return [ds.pair(i) for i in range(count)]
 
 

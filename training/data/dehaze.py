@@ -465,7 +465,7 @@ class SynthHazeDataset:
         members = self.groups[int(rng.integers(len(self.groups)))]
         item = self.pool[members[int(rng.integers(len(members)))]]
         if item.kind == "room":
-            return self._room_pair(rng)
+            return self.room_pair(rng)
         h, w = item.image.shape[:2]
         scale = rng.uniform(*self.short_side) / min(h, w)
         size = (max(self.patch, int(round(w * scale))), max(self.patch, int(round(h * scale))))
@@ -484,7 +484,7 @@ class SynthHazeDataset:
             hazy, clear = hazy[:, ::-1], clear[:, ::-1]
         return hazy, clear
 
-    def _room_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def room_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A crop of a rendered 4:3 room picture; depth relative to the room's farthest corner."""
         short = rng.uniform(*self.short_side)
         full = (int(short), int(short * 4 / 3))
