@@ -146,3 +146,44 @@ def test_init_from_a_run_and_a_time_budget_that_ends_mid_epoch(tiny_setup):
     wrong.write_text(text.replace("width: 8,", "width: 4,"))
     assert cli(["train", "rigan", "--config", str(wrong), "--out", str(tmp / "third"), "--device", "cpu",
                 "--init", str(first / "rigan.pt")]) != 0
+
+
+def test_weight_interpolation_blends_two_generators_and_refuses_different_models(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from training.common import interpolate_weights
+    from training.models.rigan import RIGenerator
+
+    torch.manual_seed(0)
+    a, b = RIGenerator(8, 1).state_dict(), RIGenerator(8, 1).state_dict()
+    key = next(k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k]))
+    assert torch.equal(interpolate_weights(a, b, 0.0)[key], a[key])
+    assert torch.equal(interpolate_weights(a, b, 1.0)[key], b[key])
+    assert torch.allclose(interpolate_weights(a, b, 0.25)[key], 0.75 * a[key] + 0.25 * b[key], atol=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate_weights(a, b, 1.5)
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolate_weights(a, RIGenerator(8, 2).state_dict(), 0.5)
+
+    # the tool writes a generator that loads like any other, and fails in one line on a mismatch
+    root = Path(__file__).resolve().parent.parent
+    paths = {}
+    for name, blocks in (("a", 1), ("b", 1), ("c", 2)):
+        paths[name] = tmp_path / f"{name}.pt"
+        torch.save(RIGenerator(8, blocks).state_dict(), paths[name])
+    tool = [sys.executable, str(root / "tools" / "soup_rigan.py")]
+    done = subprocess.run(tool + [str(paths["a"]), str(paths["b"]), "--alpha", "0.5", "--out", str(tmp_path / "ab.pt")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    from training.train_rigan import load_generator
+
+    blend = load_generator(tmp_path / "ab.pt").state_dict()
+    sa, sb = torch.load(paths["a"], weights_only=True), torch.load(paths["b"], weights_only=True)
+    assert torch.allclose(blend[key], (sa[key] + sb[key]) / 2, atol=1e-6)
+    bad = subprocess.run(tool + [str(paths["a"]), str(paths["c"]), "--alpha", "0.5", "--out", str(tmp_path / "ac.pt")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "different tensors" in bad.stderr
+    assert not (tmp_path / "ac.pt").exists()

@@ -74,6 +74,27 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise WeightsError(str(path), f"cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
+def interpolate_weights(a: dict, b: dict, alpha: float) -> dict:
+    """``(1 - alpha)·a + alpha·b`` for every floating-point tensor of two state_dicts of one model.
+
+    Weight-space interpolation between a model and its own fine-tuned continuation (the
+    WiSE-FT idea of Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022):
+    part of the new skill at little cost to the old. Integer buffers are taken from ``b``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if a.keys() != b.keys():
+        extra = sorted(set(a) ^ set(b))[:3]
+        raise ValueError(f"the two state_dicts have different tensors (e.g. {extra})")
+    out = {}
+    for key, ta in a.items():
+        tb = b[key]
+        if ta.shape != tb.shape:
+            raise ValueError(f"{key}: shape {tuple(ta.shape)} against {tuple(tb.shape)}")
+        out[key] = torch.lerp(ta.float(), tb.float(), alpha).to(ta.dtype) if ta.is_floating_point() else tb.clone()
+    return out
+
+
 def load_state_dict(model: torch.nn.Module, path: str | Path, key: str | None = None) -> torch.nn.Module:
     """Load a state_dict file (or ``checkpoint[key]``) into ``model``; shape mismatches name the file."""
     state = load_checkpoint(path)
