@@ -16,6 +16,7 @@ the network's own size cannot.
 
 usage: python tools/heldout_rigan.py WEIGHTS.pt [WEIGHTS.pt ...]   (state_dicts or last.pt files)
        python tools/heldout_rigan.py --stage weights/rigan.onnx --scales 0.5 0.75 [--side 360] [--count 48]
+                                     [--manifest M.json]
 """
 from __future__ import annotations
 
@@ -70,10 +71,10 @@ def score(weights: str | Path, pairs) -> tuple[float, float]:
     return float(np.mean(p)), float(np.mean(s))
 
 
-def score_stage(onnx: str, pairs, scale: float) -> tuple[float, float]:
+def score_stage(onnx: str, pairs, scale: float, manifest: str = "weights/manifest.json") -> tuple[float, float]:
     """Mean PSNR / SSIM of the dehaze stage (ONNX Runtime host path) at ``internal_scale``."""
     stage = DehazeStage(DehazeStage.Config(when="always", backend="onnxruntime", weights=onnx,
-                                           internal_scale=scale))
+                                           internal_scale=scale, manifest=manifest))
     stage.setup()
     scores = [score_pair(stage.dehaze(hazy), clear) for hazy, clear in pairs]
     stage.close()
@@ -85,6 +86,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("weights", nargs="*", help="generator state_dicts or last.pt files (crop mode)")
     ap.add_argument("--stage", metavar="ONNX", help="score this manifest-listed graph through the dehaze stage")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5], help="internal_scale values (--stage)")
+    ap.add_argument("--manifest", default="weights/manifest.json",
+                    help="manifest listing the --stage graph (a candidate's: `engines.weights.record`)")
     ap.add_argument("--side", type=int, default=360, help="frame side in pixels (--stage)")
     ap.add_argument("--count", type=int, help=f"pairs per set (default {CROPS} crops, 48 frames)")
     args = ap.parse_args(argv)
@@ -107,7 +110,7 @@ def main(argv: list[str]) -> int:
     for scale in args.scales if args.stage else ():
         means = []
         for name, pairs in sets.items():
-            p, s = score_stage(args.stage, pairs, scale)
+            p, s = score_stage(args.stage, pairs, scale, args.manifest)
             means.append(p)
             print(f"{args.stage} stage internal_scale {scale} [{name}]: PSNR {p:.2f} dB, SSIM {s:.4f}")
         print(f"{args.stage} stage internal_scale {scale}: mean PSNR {np.mean(means):.2f} dB")
