@@ -187,3 +187,31 @@ def test_weight_interpolation_blends_two_generators_and_refuses_different_models
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "different tensors" in bad.stderr
     assert not (tmp_path / "ac.pt").exists()
+
+
+def test_heldout_tool_scores_the_stage_on_whole_frames(tmp_path: Path):
+    """tools/heldout_rigan.py --stage: whole frames through the dehaze stage per internal_scale;
+    a graph the manifest does not list is refused in one line."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import SHARED_DATA, need
+
+    need(SHARED_DATA / "videos" / "video.avi")
+    need(SHARED_DATA / "foreground" / "cdnet2014-highway" / "input")
+    root = Path(__file__).resolve().parent.parent
+    tool = [sys.executable, str(root / "tools" / "heldout_rigan.py"), "--side", "64", "--count", "2"]
+    done = subprocess.run(tool + ["--stage", "weights/rigan_light.onnx", "--scales", "0.5", "1.0"],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "2 64x64 frames" in done.stdout
+    means = re.findall(r"internal_scale (\S+): mean PSNR (\S+) dB", done.stdout)
+    assert [m[0] for m in means] == ["0.5", "1.0"]
+    hazy = [float(x) for x in re.findall(r"hazy input PSNR (\S+) dB", done.stdout)]
+    assert len(hazy) == 3 and all(np.isfinite(float(m[1])) and float(m[1]) > 10 for m in means)
+
+    stray = tmp_path / "stray.onnx"
+    stray.write_bytes((root / "weights" / "rigan_light.onnx").read_bytes() + b"\0")
+    bad = subprocess.run(tool + ["--stage", str(stray)], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "stray.onnx" in bad.stderr

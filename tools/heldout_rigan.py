@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from training.data.dehaze import HazeParams, SynthHazeDataset, clear_pool  # noqa: E402
 from pipeline.commands.eval_dehaze import psnr, score_pair  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.stages.dehaze import DehazeStage  # noqa: E402
 from training.train_rigan import load_generator, resolve  # noqa: E402
 
@@ -110,7 +111,11 @@ def main(argv: list[str]) -> int:
     for scale in args.scales if args.stage else ():
         means = []
         for name, pairs in sets.items():
-            p, s = score_stage(args.stage, pairs, scale, args.manifest)
+            try:
+                p, s = score_stage(args.stage, pairs, scale, args.manifest)
+            except PipelineError as e:  # unlisted / altered graph, bad scale: one line, not a traceback
+                print(f"heldout_rigan: error: {e}", file=sys.stderr)
+                return 2
             means.append(p)
             print(f"{args.stage} stage internal_scale {scale} [{name}]: PSNR {p:.2f} dB, SSIM {s:.4f}")
         print(f"{args.stage} stage internal_scale {scale}: mean PSNR {np.mean(means):.2f} dB")
