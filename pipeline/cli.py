@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     dh.add_argument("--clear", required=True, metavar="DIR")
     dh.add_argument("--method", choices=("rigan", "dcp", "none"), default="rigan")
     dh.add_argument("--backend", choices=BACKENDS, default="auto")
+    dh.add_argument("--weights", default=None, metavar="ONNX",
+                    help="rigan: ONNX graph listed in the manifest (default weights/rigan.onnx; "
+                         "weights/rigan_light.onnx for the light model); ONNX Runtime only")
+    dh.add_argument("--internal-scale", type=float, default=None, metavar="S",
+                    help="rigan: network input size as a fraction of the image (stage default 0.5; 1 = full size)")
     dh.add_argument("--save", default=None, metavar="DIR", help="write each output as <stem>.png")
     dh.add_argument("--json", default=None, metavar="FILE")
 

@@ -34,7 +34,8 @@ PSNR_CAP = 100.0
 
 def main(args) -> int:
     pairs = pair_files(Path(args.hazy), Path(args.clear))
-    method = make_method(args.method, getattr(args, "backend", "auto"))
+    options = {"weights": getattr(args, "weights", None), "internal_scale": getattr(args, "internal_scale", None)}
+    method = make_method(args.method, getattr(args, "backend", "auto"), **options)
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,8 @@ def main(args) -> int:
     finally:
         getattr(method, "close", lambda: None)()
     report = summarise(per_pair, busy, args.method)
+    if args.method == "rigan":  # what ran, so two reports can be told apart
+        report["weights"], report["internal_scale"] = method.stage.config.weights, method.stage.config.internal_scale
     to_stdout = args.json == "-"
     print_summary(report, file=sys.stderr if to_stdout else sys.stdout)
     if args.json:
@@ -104,8 +107,17 @@ def read_bgr8(path: Path) -> np.ndarray:
     return to_bgr8(image, str(path))
 
 
-def make_method(name: str, backend: str):
-    """A callable BGR uint8 -> BGR uint8 for ``--method``."""
+def make_method(name: str, backend: str, weights: str | None = None, internal_scale: float | None = None):
+    """A callable BGR uint8 -> BGR uint8 for ``--method``; ``weights`` / ``internal_scale`` are rigan's."""
+    given = [f"--{k.replace('_', '-')}" for k, v in (("weights", weights), ("internal_scale", internal_scale))
+             if v is not None]
+    if given and name != "rigan":
+        raise ConfigError(given[0], f"applies to --method rigan only, not {name}")
+    if internal_scale is not None and not 0.05 <= internal_scale <= 1.0:
+        raise ConfigError("--internal-scale", f"must be in [0.05, 1] (1 = full size), got {internal_scale}")
+    if weights is not None and backend not in ("auto", "onnxruntime"):
+        raise ConfigError("--weights", f"is an ONNX graph for ONNX Runtime; --backend {backend} loads the "
+                                       "stage's torch_weights (set them in a run config)")
     if name == "none":
         return lambda image: image
     if name == "dcp":
@@ -114,7 +126,10 @@ def make_method(name: str, backend: str):
         # separate images, not a video: no airlight smoothing across them
         return DarkChannelDehazer(DcpStage.Config(airlight_momentum=0.0)).dehaze
     if name == "rigan":
-        return _StageMethod(build_stage("dehaze", backend=backend, when="always"), "rigan")
+        if weights is not None:
+            backend = "onnxruntime"
+        stage = build_stage("dehaze", backend=backend, when="always", weights=weights, internal_scale=internal_scale)
+        return _StageMethod(stage, "rigan")
     raise ConfigError("--method", f"unknown method {name!r}; valid: rigan, dcp, none")
 
 
