@@ -138,8 +138,9 @@ def test_gate_switches_once_each_way_on_clear_hazy_clear_clip():
     stage = DehazeStage(DehazeStage.Config(when="auto", method="dcp", hold_frames=3))
     frames = _run(stage, clip)
     scores = np.array([f.data["haze_score"] for f in frames])
-    assert scores[:15].max() < stage.config.threshold - stage.config.hysteresis < stage.config.threshold
-    assert scores[25:40].min() > stage.config.threshold
+    assert (stage.threshold, stage.hysteresis) == (0.5, 0.04)  # the dark-channel defaults
+    assert scores[:15].max() < stage.threshold - stage.hysteresis < stage.threshold
+    assert scores[25:40].min() > stage.threshold
     applied = [f.data["dehaze_applied"] for f in frames]
     switches = sum(a != b for a, b in zip(applied, applied[1:]))
     assert switches == 2 and not any(applied[:15]) and all(applied[30:40]) and not any(applied[-5:])
@@ -159,6 +160,32 @@ def test_gate_hysteresis_ignores_a_score_hovering_at_the_threshold():
     states = [gate.update(s, 0.5, 0.45, 3) for s in gate_inputs]
     assert all(states[:-1]) and states[-1] is False
     assert stage.config.threshold == 0.5
+
+
+def test_density_score_gates_on_the_networks_haze_estimate():
+    """score: density (RI-GAN's mean 1 - t, shipped w16 weights): low on a clear frame, high on the
+    same frame under haze; the gate follows it; score_every reuses a score between frames."""
+    clear = _scene(180, 320)
+    depth = road_depth(*clear.shape[:2], horizon=0.3) / 60.0
+    hazy = apply_haze(clear, transmission(depth, 2.0), 0.9)
+    stage = DehazeStage(DehazeStage.Config(when="auto", score="density", hold_frames=2, score_every=3, threads=1))
+    assert (stage.threshold, stage.hysteresis) == (0.12, 0.02)
+    frames = _run(stage, [clear] * 6 + [hazy] * 9)
+    scores = [f.data["haze_score"] for f in frames]
+    assert scores[0] < stage.threshold - stage.hysteresis < stage.threshold < scores[8]
+    # scored at frames 0, 3, 6, 9, 12: the frames in between carry the last score
+    assert scores[0] == scores[1] == scores[2] and scores[6] == scores[7] == scores[8] and scores[6] != scores[5]
+    applied = [f.data["dehaze_applied"] for f in frames]
+    assert not any(applied[:6]) and all(applied[-3:])
+    assert stage.density(hazy) == pytest.approx(scores[-1], abs=1e-6)
+    stage.close()
+
+    with pytest.raises(ConfigError, match="stages.dehaze.score"):
+        DehazeStage(DehazeStage.Config(method="dcp", score="density"))
+    with pytest.raises(ConfigError, match="score_every"):
+        DehazeStage(DehazeStage.Config(score_every=0))
+    with pytest.raises(ConfigError, match="hysteresis"):
+        DehazeStage(DehazeStage.Config(score="density", hysteresis=0.2))
 
 
 def test_auto_mode_on_clear_frames_is_cheap(tiny_model):
@@ -263,3 +290,10 @@ def test_graph_with_only_a_dehazed_output_falls_back_to_guided_fit(tiny_model, t
         ports = _run(stage, [image])[0].data["dehazed"]
     assert out.shape == image.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - ports.astype(int)).mean() < 8  # two upsamplings of the same network
+    # score: density reads t, which this graph lacks: one line, not a guess
+    stage = DehazeStage(DehazeStage.Config(when="auto", score="density", weights=str(onnx_path),
+                                           manifest=str(manifest), threads=1))
+    with pytest.raises(ConfigError, match="transmission") as e:
+        _run(stage, [image])
+    assert "\n" not in str(e.value)
+    stage.close()

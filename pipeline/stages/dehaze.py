@@ -1,7 +1,10 @@
 """Dehazing stage: RI-GAN (Dudhane et al., CVPR-W 2019) or DCP, gated by the haze score.
 
 Gate (``when: auto``): the haze score of pipeline.stages.dcp (mean dark channel
-of a 96x54 copy, He et al. 2009) is computed for every frame (< 1 ms). A stream
+of a 96x54 copy, He et al. 2009) is computed for every frame (< 1 ms); or, with
+``score: density``, the network's own mean haze density 1 - t on a copy
+``score_width`` pixels wide (a few ms; ``score_every`` N reuses it for N frames),
+which finds far more real hazy scenes (docs/models.md, tools/gate_study.py). A stream
 switches dehazing on after ``hold_frames`` consecutive frames at or above
 ``threshold`` and off after ``hold_frames`` consecutive frames below
 ``threshold - hysteresis``, so a score hovering near the threshold does not make
@@ -53,6 +56,11 @@ from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
 
 STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
 TRT_SIZES = ((32, 32), (640, 360), (1920, 1088))  # frame (w, h) a TensorRT engine is built for: min, opt, max
+
+
+#: score -> (default threshold, default hysteresis). density: chosen on synthetic frames (held-out
+#: seed 99) by tools/gate_study.py, then checked on real photographs (docs/models.md)
+DEFAULT_THRESHOLDS = {"dark_channel": (0.5, 0.04), "density": (0.12, 0.02)}
 
 
 class _Gate:
@@ -143,8 +151,11 @@ class DehazeStage(Stage):
     class Config:
         when: Literal["always", "never", "auto"] = "auto"
         method: Literal["rigan", "dcp"] = "rigan"
-        threshold: float = 0.5        # haze score that switches dehazing on (auto); tune per camera
-        hysteresis: float = 0.04      # switches off below threshold - hysteresis
+        score: Literal["dark_channel", "density"] = "dark_channel"  # gate's haze score (density: RI-GAN's 1 - t)
+        threshold: float | None = None   # score that switches dehazing on (auto); None: 0.5 dark_channel, 0.12 density
+        hysteresis: float | None = None  # switches off below threshold - hysteresis; None: 0.04 / 0.02
+        score_width: int = 160        # density: width in pixels of the copy the network scores
+        score_every: int = 1          # score every Nth frame of a stream, reuse it in between
         hold_frames: int = 5          # consecutive frames beyond a threshold before switching
         backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
         precision: Literal["fp32", "fp16", "int8"] = "fp32"  # onnxruntime: fp32 | int8; torch: fp32 | fp16 (cuda)
@@ -167,6 +178,10 @@ class DehazeStage(Stage):
         self._uploader = None
         self._gates: dict[str, _Gate] = {}
         self._dcp: dict[str, DarkChannelDehazer] = {}
+        c = self.config
+        self.threshold = DEFAULT_THRESHOLDS[c.score][0] if c.threshold is None else c.threshold
+        self.hysteresis = DEFAULT_THRESHOLDS[c.score][1] if c.hysteresis is None else c.hysteresis
+        self._scores: dict[str, tuple[int, float]] = {}  # stream -> (frames since scored, score)
         self._upsampler = GuidedUpsampler(self.config.guided_radius, self.config.guided_eps)
         self._t_upsampler = TransmissionUpsampler(self.config.guided_radius, self.config.guided_eps)
         self._input = None
@@ -185,7 +200,7 @@ class DehazeStage(Stage):
     # --- lifecycle -----------------------------------------------------------
     def setup(self) -> None:
         c = self.config
-        if c.when == "never" or c.method != "rigan" or self._runner is not None:
+        if c.method != "rigan" or self._runner is not None or (c.when == "never" and c.score != "density"):
             return
         make = {"onnxruntime": self._ort_runner, "torch": self._torch_runner,
                 "tensorrt": self._tensorrt_runner}[resolve_backend(c.backend, c.device)]
@@ -233,6 +248,7 @@ class DehazeStage(Stage):
     def reset_stream(self, stream: str) -> None:
         self._gates.pop(stream, None)
         self._dcp.pop(stream, None)
+        self._scores.pop(stream, None)
 
     # --- per frame -------------------------------------------------------------
     def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
@@ -243,7 +259,7 @@ class DehazeStage(Stage):
             if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                     and image.shape[2] == 3 and min(image.shape[:2]) >= STRIDE):
                 image = to_bgr8(image, where, min_side=STRIDE, error=StageError)
-            score = haze_score(image)
+            score = self._score(image, frame.stream)
             if c.when == "always":
                 apply = True
             elif c.when == "never":
@@ -252,7 +268,7 @@ class DehazeStage(Stage):
                 gate = self._gates.get(frame.stream)
                 if gate is None:
                     gate = self._gates[frame.stream] = _Gate()
-                apply = gate.update(score, c.threshold, c.threshold - c.hysteresis, c.hold_frames)
+                apply = gate.update(score, self.threshold, self.threshold - self.hysteresis, c.hold_frames)
             frame.data["haze_score"] = score
             frame.data["dehaze_applied"] = apply
             if not apply:
@@ -262,6 +278,32 @@ class DehazeStage(Stage):
             else:
                 frame.data["dehazed"] = self.dehaze(image, frame.stream)
         return frames
+
+    def _score(self, image: np.ndarray, stream: str) -> float:
+        """The gate's haze score, recomputed every ``score_every`` frames of a stream."""
+        since, score = self._scores.get(stream, (self.config.score_every, 0.0))
+        if since >= self.config.score_every:
+            since, score = 0, haze_score(image) if self.config.score == "dark_channel" else self.density(image)
+        self._scores[stream] = (since + 1, score)
+        return score
+
+    def density(self, image: np.ndarray) -> float:
+        """Mean haze density 1 - t that RI-GAN estimates on a copy ``score_width`` pixels wide, in [0, 1]."""
+        if self._runner is None:
+            self.setup()
+        h, w = image.shape[:2]
+        sw = max(STRIDE, min(self.config.score_width, w) // STRIDE * STRIDE)
+        sh = max(STRIDE, int(round(h * sw / w / STRIDE)) * STRIDE)
+        small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32)
+        small *= np.float32(1.0 / 255.0)
+        try:
+            outs = self._runner.infer({"hazy": np.ascontiguousarray(small.transpose(2, 0, 1))[None]})
+        except Exception as e:
+            raise StageError("dehaze", f"RI-GAN haze density failed on a {sw}x{sh} copy: {e}") from e
+        if "transmission" not in outs:
+            raise ConfigError("stages.dehaze.score", f"density needs a graph with a 'transmission' output; "
+                                                     f"{self.config.weights} has only {sorted(outs)}")
+        return float(1.0 - np.asarray(outs["transmission"], np.float32).mean())
 
     def dehaze(self, image: np.ndarray, stream: str = "") -> np.ndarray:
         """Dehaze one HxWx3 uint8 BGR image (any size) with the configured method."""
@@ -347,8 +389,12 @@ def _check(c: DehazeStage.Config) -> None:
         "method": c.method in ("rigan", "dcp"),
         "backend": c.backend in ("auto", "onnxruntime", "torch", "tensorrt"),
         "device": c.device in ("cpu", "cuda"),
-        "threshold": 0.0 <= c.threshold <= 1.0,
-        "hysteresis": 0.0 <= c.hysteresis <= c.threshold,
+        "score": c.score in DEFAULT_THRESHOLDS,
+        "threshold": c.threshold is None or 0.0 <= c.threshold <= 1.0,
+        "hysteresis": c.hysteresis is None or 0.0 <= c.hysteresis <= (
+            DEFAULT_THRESHOLDS.get(c.score, (1.0,))[0] if c.threshold is None else c.threshold),
+        "score_width": isinstance(c.score_width, int) and c.score_width >= 16,
+        "score_every": isinstance(c.score_every, int) and c.score_every >= 1,
         "hold_frames": isinstance(c.hold_frames, int) and c.hold_frames >= 1,
         "internal_scale": 0.05 <= c.internal_scale <= 1.0,
         "guided_radius": c.guided_radius >= 1,
@@ -358,7 +404,9 @@ def _check(c: DehazeStage.Config) -> None:
     for key, ok in rules.items():
         if not ok:
             raise ConfigError(f"stages.dehaze.{key}", f"invalid value {getattr(c, key)!r}")
+    if c.score == "density" and c.method != "rigan":
+        raise ConfigError("stages.dehaze.score", "density is RI-GAN's estimate; it needs method: rigan")
     if c.precision not in PRECISIONS:
         raise ConfigError("stages.dehaze.precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
-    if c.method == "rigan" and c.when != "never":  # the only case the network runs
+    if c.method == "rigan" and (c.when != "never" or c.score == "density"):  # the cases the network runs
         check_precision("stages.dehaze", c.backend, resolve_backend(c.backend, c.device), c.device, c.precision)
