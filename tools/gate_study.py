@@ -11,7 +11,8 @@ applied unchanged to
   frame and four skimage photographs (42 pictures).
 
 The clear side shares its sources with the synthetic set, so "clear passed" is the friendlier
-number; "hazy detected" is out of sample. Times are ONNX Runtime, one thread, median per picture.
+number; "hazy detected" is out of sample. Times are ONNX Runtime, one thread, median per picture,
+including the resize.
 
 usage: python tools/gate_study.py
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from heldout_rigan import heldout_pairs  # noqa: E402
 from pipeline.commands.eval_dehaze import read_bgr8  # noqa: E402
 from pipeline.stages.dcp import haze_score  # noqa: E402
+from pipeline.stages.dehaze import DehazeStage  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -54,26 +56,18 @@ def hazy_pictures() -> list[np.ndarray]:
 
 
 class NetworkScore:
-    """Mean of 1 - t from a generator graph run on a copy ``width`` pixels wide."""
+    """The dehaze stage's ``score: density`` (mean 1 - t on a copy ``width`` pixels wide), timed per call."""
 
     def __init__(self, graph: str, width: int):
-        import onnxruntime as ort
-
-        from engines.weights import verified_path
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(verified_path(ROOT / graph)), options, providers=["CPUExecutionProvider"])
-        self.width, self.times = width, []
+        self.stage = DehazeStage(DehazeStage.Config(score="density", weights=graph, score_width=width,
+                                                    backend="onnxruntime", threads=1))
+        self.times = []
 
     def __call__(self, image: np.ndarray) -> float:
-        h, w = image.shape[:2]
-        small_h = max(4, int(round(h * self.width / w / 4)) * 4)
-        x = cv2.resize(image, (self.width, small_h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         start = time.perf_counter()
-        outs = self.session.run(["transmission"], {"hazy": np.ascontiguousarray(x.transpose(2, 0, 1))[None]})
+        score = self.stage.density(image)
         self.times.append(time.perf_counter() - start)
-        return float(1.0 - outs[0].mean())
+        return score
 
 
 def best_threshold(hazy: np.ndarray, clear: np.ndarray) -> tuple[float, float]:
