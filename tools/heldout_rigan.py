@@ -92,8 +92,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--side", type=int, default=360, help="frame side in pixels (--stage)")
     ap.add_argument("--count", type=int, help=f"pairs per set (default {CROPS} crops, 48 frames)")
     args = ap.parse_args(argv)
-    if not args.weights and not args.stage:
-        ap.error("give generator weights, or --stage ONNX")
+    if bool(args.weights) == bool(args.stage):  # the two modes draw different sets (crops vs whole frames)
+        ap.error("give generator weights (crops), or --stage ONNX (whole frames), not both")
     torch.set_num_threads(2)
     side = args.side if args.stage else None
     count = args.count or (48 if side else CROPS)
