@@ -298,7 +298,13 @@ def choose_cpu_backend(files: ModelFiles, precision: str, profile: InputProfile,
     ref = reference_runner(files, threads, torch=False)
     try:
         for backend in candidates:
-            with _cpu_runner(backend, files, precision, threads, "") as runner:
+            runner = _cpu_runner(backend, files, precision, threads, "")
+            try:
+                runner.activate()
+            except RunnerError as e:  # e.g. a graph one library reads and the other does not
+                refused[backend] = str(e)
+                continue
+            with runner:
                 try:
                     feeds = parity_feeds(runner, profile.opt, frames)
                 except ValueError as e:  # inputs that are not frames (N, C, H, W): nothing to time or compare

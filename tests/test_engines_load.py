@@ -249,3 +249,18 @@ def test_rtx_builds_fp16_from_the_fp16_graph_under_strong_typing(tiny_onnx, tmp_
     assert reasons == ["no cached engine"] and sidecar["built_from"].endswith(".fp16.onnx")
     assert len(sidecar["engine_sha256"]) == 64 and sidecar["settings"]["profiles"] == [small[0].as_dict()]
     assert cache.get(onnx, BuildSettings(precision="fp16", workspace=1 << 28, profiles=small))[1] == []
+
+
+@needs_openvino
+def test_run_records_the_backend_each_learned_stage_loaded(tmp_path, capsys):
+    pytest.importorskip("av", reason="PyAV is needed by `hazeflow run`")
+    from pipeline.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("stages:\n  - msfgnet: {threads: 2}\noutputs: {preview: false, dehazed_video: false}\n")
+    rc = main(["run", str(config), "--input", "synthetic:traffic?size=128x96&frames=3", "--output",
+               str(tmp_path / "o"), "--backend", "openvino", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    engine = summary["stages"]["msfgnet"]["engine"]
+    assert engine["backend"] == "openvino" and engine["precision"] == "fp32" and engine["chosen_by"] == "configured"
