@@ -264,3 +264,25 @@ def test_run_records_the_backend_each_learned_stage_loaded(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     engine = summary["stages"]["msfgnet"]["engine"]
     assert engine["backend"] == "openvino" and engine["precision"] == "fp32" and engine["chosen_by"] == "configured"
+
+
+def test_rtx_gated_engine_fp32_is_cached_and_a_failed_check_deletes_the_fp16_engine(tiny_onnx, tmp_path):
+    """``gated_engine`` (the stages' and build-engine's TensorRT path) with the TensorRT-RTX builder: fp32 is
+    built and reused; fp16 is built from the fp16 graph, then its parity check cannot run here (RTX engines
+    need an RTX GPU and runtime), and that failure, like a refused check, leaves no engine or sidecar."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx is not installed (the [dev] extra has it)")
+    from engines.load import reference_runner, model_files
+    from engines.tensorrt.build import gated_engine
+
+    model, onnx = tiny_onnx
+    profile = InputProfile(((16, 16), (64, 48), (128, 96)), 2)
+    cache = tmp_path / "engines"
+    kw = dict(device="cpu", reference=lambda: reference_runner(model_files(onnx)), model="default",
+              workspace=1 << 28)
+    engine, how = gated_engine(onnx, "fp32", profile, cache, **kw)
+    assert how["engine_built"] == "no cached engine" and engine.is_file()
+    assert gated_engine(onnx, "fp32", profile, cache, **kw)[1]["engine_built"] == "cache hit"
+    with pytest.raises(ImportError, match="tensorrt"):  # TrtRunner needs datacenter TensorRT to run the check
+        gated_engine(onnx, "fp16", profile, cache, **kw)
+    assert sorted(p.name for p in cache.glob("*.engine")) == [engine.name]
+    assert not [p for p in cache.glob("*.fp16.*.json")]
