@@ -213,7 +213,7 @@ def test_kill_9_mid_run_leaves_playable_segments(tmp_path):
         "output: %s\n"
         "runtime: {summary_interval_s: 1, queue_size: 4}\n"
         "stages: [{mog2: {}}, {blobs: {}}]\n"
-        "outputs: {segment_s: 2, codec: mpeg4}\n" % (fps, out))
+        "outputs: {segment_s: 3, codec: mpeg4}\n" % (fps, out))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -222,9 +222,9 @@ def test_kill_9_mid_run_leaves_playable_segments(tmp_path):
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             open_events = list((folder / "events").glob("*.open.jsonl")) if (folder / "events").is_dir() else []
-            # kill well inside a 2 s segment, so the open one is not brand new
-            if open_events and len(closed_stems(folder)) >= 2 and 0.3 < time.time() % 2 < 1.6 \
-                    and len(jsonl(open_events[0])) >= 3 * fps:
+            # kill well inside a 3 s segment, once the open one holds two fragments' worth of frames
+            if open_events and len(closed_stems(folder)) >= 2 and 0.3 < time.time() % 3 < 2.6 \
+                    and len(jsonl(open_events[0])) >= 2 * fps:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -256,6 +256,7 @@ def test_kill_9_mid_run_leaves_playable_segments(tmp_path):
     status = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress",
                              "--max-frames", "15"], cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert status.returncode == 0, status.stderr.decode()
+    assert f"dehazed/{stem}.open.mp4 was left open" in status.stderr.decode()  # logged (obs sets the format)
     assert {p: p.stat().st_size for p in before} == before
     new = [s for s in closed_stems(folder) if s not in stems]
     processed = json.loads((folder / "summary.json").read_text())["frames"]["processed"]

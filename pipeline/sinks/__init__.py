@@ -11,6 +11,7 @@ one carries ``.open`` in its name (``pipeline.sinks.segments``).
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from pipeline.sinks.atomic import inside, safe_name
 from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
 from pipeline.sinks.preview import PreviewSink
-from pipeline.sinks.segments import Retention, Segment, SegmentClock, segment_length
+from pipeline.sinks.segments import Retention, Segment, SegmentClock, leftover_open_files, segment_length
 from pipeline.sinks.summary import write_json_atomic
 from pipeline.sinks.video import DehazedVideoSink
+
+log = logging.getLogger("hazeflow.sinks")
 
 __all__ = ["StreamOutputs", "safe_name", "inside", "write_json_atomic"]
 
@@ -52,6 +55,7 @@ class StreamOutputs:
         self.segment_s = segment_length(outputs, live)
         self.segment: Segment | None = None  # the open one
         self.segments = 0  # opened so far
+        self._segment_frames = 0
         self._clock = SegmentClock(self.segment_s, live) if self.segment_s > 0 else None
         self._retention = Retention(Path(root), getattr(outputs, "keep_hours", None),
                                     getattr(outputs, "max_disk_gb", None))
@@ -80,6 +84,7 @@ class StreamOutputs:
         for sink in self.sinks:
             sink.write(frame)
         self.frames += 1
+        self._segment_frames += 1
 
     def _segment_time(self, frame) -> float:
         if self._clock.live:
@@ -89,12 +94,18 @@ class StreamOutputs:
     def _rotate(self) -> None:
         """Close the open segment (its files get their final names) and open the next one."""
         self.close()
+        if self.segments == 0:
+            for path in leftover_open_files(self.folder):
+                log.warning("%s: %s was left open by a run that did not finish; it plays up to its last "
+                            "fragment and keeps its name", self.stream, path.relative_to(self.folder))
         segment = Segment.new(self.folder, time.time())
         segment.mark_open()
         self.segment = segment
         self.segments += 1
+        self._segment_frames = 0
         self._retention.sweep()
         self._open(segment)
+        log.info("%s: segment %s opened", self.stream, segment.stem)
 
     def close(self) -> None:
         first = None
@@ -105,6 +116,7 @@ class StreamOutputs:
                 first = first or e
         if self.segment is not None:
             self.segment.mark_closed()
+            log.info("%s: segment %s closed, %d frames", self.stream, self.segment.stem, self._segment_frames)
             self.segment = None
         if first is not None:
             raise first

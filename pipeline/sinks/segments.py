@@ -120,6 +120,17 @@ class Segment:
             _OPEN.discard((self.folder, self.stem))
 
 
+def leftover_open_files(folder: Path) -> list[Path]:
+    """``.open`` segment files in a stream folder that no writer of this process holds (a killed run's)."""
+    with _OPEN_LOCK:
+        busy = {stem for f, stem in _OPEN if f == folder}
+    found = []
+    for kind, ext in KINDS.items():
+        if ext and (folder / kind).is_dir():
+            found += [p for p in sorted((folder / kind).glob(f"*{OPEN_TAG}{ext}")) if stem_of(p.name) not in busy]
+    return found
+
+
 class SegmentClock:
     """When the next segment starts.
 
