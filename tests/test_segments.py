@@ -201,6 +201,20 @@ def test_retention_keeps_the_folder_under_max_disk_gb(tmp_path):
     assert alive == [False, False, False, True, True]
 
 
+def test_a_new_segment_sweeps_old_ones_in_the_background(tmp_path):
+    now = time.time()
+    old = fake_segment(tmp_path, "cam", utc_stem(now - 50 * 3600), 10, now - 50 * 3600)
+    other = fake_segment(tmp_path, "cam2", utc_stem(now - 60 * 3600), 10, now - 60 * 3600)
+    out = StreamOutputs(tmp_path, "cam", OutputsConfig(segment_s=300, keep_hours=1, preview=False), fps=10,
+                        live=True)
+    for i in range(3):
+        out.write(frame(i))
+    out.close()  # waits for the sweep
+    assert not any(p.exists() for p in old + other)  # every stream under the output folder
+    stems = closed_stems(tmp_path / "cam")
+    assert len(stems) == 1 and decode_count(tmp_path / "cam" / "dehazed" / f"{stems[0]}.mp4") == 3
+
+
 # ------------------------------------------------------------------ kill -9 of a live run
 def test_kill_9_mid_run_leaves_playable_segments(tmp_path):
     """A live run killed with SIGKILL: closed segments are whole, the open one plays up to its last fragment."""

@@ -57,8 +57,8 @@ class StreamOutputs:
         self.segments = 0  # opened so far
         self._segment_frames = 0
         self._clock = SegmentClock(self.segment_s, live) if self.segment_s > 0 else None
-        self._retention = Retention(Path(root), getattr(outputs, "keep_hours", None),
-                                    getattr(outputs, "max_disk_gb", None))
+        self._retention = Retention.shared(Path(root), getattr(outputs, "keep_hours", None),
+                                           getattr(outputs, "max_disk_gb", None))
 
     def _open(self, segment: Segment | None = None) -> None:
         o = self.outputs
@@ -93,7 +93,7 @@ class StreamOutputs:
 
     def _rotate(self) -> None:
         """Close the open segment (its files get their final names) and open the next one."""
-        self.close()
+        self._close_sinks()
         if self.segments == 0:
             for path in leftover_open_files(self.folder):
                 log.warning("%s: %s was left open by a run that did not finish; it plays up to its last "
@@ -103,11 +103,17 @@ class StreamOutputs:
         self.segment = segment
         self.segments += 1
         self._segment_frames = 0
-        self._retention.sweep()
+        self._retention.request()
         self._open(segment)
         log.info("%s: segment %s opened", self.stream, segment.stem)
 
     def close(self) -> None:
+        try:
+            self._close_sinks()
+        finally:
+            self._retention.join(timeout=60)  # a sweep still deleting is finished, not cut short by the exit
+
+    def _close_sinks(self) -> None:
         first = None
         for sink in self.sinks:
             try:

@@ -209,48 +209,93 @@ def _size_and_mtime(path: Path) -> tuple[int, float]:
 
 
 class Retention:
-    """Deletes the oldest segments under ``root`` beyond ``keep_hours`` or ``max_disk_gb`` (None = no limit)."""
+    """Deletes the oldest segments under ``root`` beyond ``keep_hours`` or ``max_disk_gb`` (None = no limit).
+
+    ``sweep`` works synchronously. The sinks call ``request`` instead, which
+    sweeps in a background thread, at most once every ``MIN_INTERVAL_S``, so
+    that listing a folder of many thousand segments never holds up the frames
+    of the live streams; every stream under the same folder shares one
+    instance (``shared``), so the cameras that all cut at :05 cost one sweep.
+    """
+
+    MIN_INTERVAL_S = 10.0
+    _shared: dict = {}
+    _shared_lock = threading.Lock()
 
     def __init__(self, root: Path, keep_hours: float | None = None, max_disk_gb: float | None = None):
         self.root = Path(root)
         self.keep_hours = keep_hours
         self.max_disk_gb = max_disk_gb
+        self._thread: threading.Thread | None = None
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, root: Path, keep_hours: float | None, max_disk_gb: float | None) -> "Retention":
+        key = (Path(root).resolve(), keep_hours, max_disk_gb)
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(key[0], keep_hours, max_disk_gb)
+            return cls._shared[key]
 
     @property
     def active(self) -> bool:
         return self.keep_hours is not None or self.max_disk_gb is not None
+
+    def request(self) -> None:
+        """Sweep soon, in the background, unless one runs or ran less than ``MIN_INTERVAL_S`` ago."""
+        if not self.active:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if (self._thread is not None and self._thread.is_alive()) or now - self._last < self.MIN_INTERVAL_S:
+                return
+            self._last = now
+            self._thread = threading.Thread(target=self._sweep_logged, name="retention", daemon=True)
+            self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for a background sweep (the sinks do at close, so an exit never cuts one short)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _sweep_logged(self) -> None:
+        try:
+            self.sweep()
+        except Exception:  # retention must never stop a recording; say why it did not run
+            log.warning("retention: sweep of %s failed", self.root, exc_info=True)
 
     def sweep(self, now: float | None = None) -> list[Path]:
         """Apply both limits once; returns the deleted paths."""
         if not self.active:
             return []
         now = time.time() if now is None else now
-        with _OPEN_LOCK:
-            busy = set(_OPEN)
         groups = _segment_groups(self.root)
         total = sum(g.size for g in groups)
         budget = None if self.max_disk_gb is None else self.max_disk_gb * 1e9
         cutoff = None if self.keep_hours is None else now - self.keep_hours * 3600.0
         deleted = []
         for g in groups:  # oldest first
-            if (g.folder, g.stem) in busy:
-                continue
             too_old = cutoff is not None and g.end < cutoff
             too_big = budget is not None and total > budget
             if not (too_old or too_big):
                 continue
+            with _OPEN_LOCK:  # looked up now: a segment may have opened or closed since the listing
+                if (g.folder, g.stem) in _OPEN:
+                    continue
             reason = f"older than keep_hours {self.keep_hours:g}" if too_old else \
-                f"output folder holds {total / 1e9:.3f} GB > max_disk_gb {self.max_disk_gb:g}"
-            for path in g.paths:
-                _remove(path)
-                deleted.append(path)
+                f"segments under the output folder take {total / 1e9:.3f} GB > max_disk_gb {self.max_disk_gb:g}"
+            failed = [p for p in g.paths if not _remove(p)]
+            deleted += [p for p in g.paths if p not in failed]
             total -= g.size
             log.info("retention: deleted segment %s/%s (%d files, %.1f MB): %s", g.folder.name, g.stem,
-                     len(g.paths), g.size / 1e6, reason)
+                     len(g.paths) - len(failed), g.size / 1e6, reason)
         return deleted
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path) -> bool:
+    """Delete a file or a mask folder; False (and a warning) when it could not be."""
     try:
         if path.is_dir():
             shutil.rmtree(path)
@@ -258,3 +303,7 @@ def _remove(path: Path) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
+    except OSError as e:
+        log.warning("retention: cannot delete %s: %s", path, e)
+        return False
+    return True
