@@ -147,6 +147,18 @@ def test_a_restart_opens_a_new_segment_and_never_overwrites(tmp_path):
     assert sorted(len(jsonl(tmp_path / "cam" / "events" / f"{s}.jsonl")) for s in stems) == [3, 5]
 
 
+def test_a_new_picture_size_starts_a_new_segment(tmp_path):
+    out = StreamOutputs(tmp_path, "cam", OutputsConfig(segment_s=300, preview=False, masks=False), fps=10, live=True)
+    for i in range(6):
+        out.write(frame(i) if i < 4 else frame(i, h=96, w=128))
+    out.close()
+    sizes = []
+    for stem in closed_stems(tmp_path / "cam"):
+        with av.open(str(tmp_path / "cam" / "dehazed" / f"{stem}.mp4")) as c:
+            sizes += [(f.width, f.height) for f in c.decode(video=0)]
+    assert sizes == [(64, 48)] * 4 + [(128, 96)] * 2
+
+
 def test_segment_zero_keeps_one_file_per_input_even_when_live(tmp_path):
     out = StreamOutputs(tmp_path, "cam", OutputsConfig(segment_s=0), fps=10, live=True)
     for i in range(4):

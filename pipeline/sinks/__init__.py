@@ -41,7 +41,8 @@ class StreamOutputs:
     streams, one file per input otherwise) and the segment clock (wall clock
     for live streams, the frames' pts for files). In segment mode every sink is
     closed and reopened together at a cut, so a closed segment's video holds
-    exactly the frames its events file lists.
+    exactly the frames its events file lists; a change of picture size (a
+    camera reconfigured) also starts a new segment, at the new size.
     """
 
     def __init__(self, root: Path, stream: str, outputs, fps: float = 25.0, live: bool = False):
@@ -56,6 +57,7 @@ class StreamOutputs:
         self.segment: Segment | None = None  # the open one
         self.segments = 0  # opened so far
         self._segment_frames = 0
+        self._size = None  # (h, w) of the open segment's frames
         self._clock = SegmentClock(self.segment_s, live) if self.segment_s > 0 else None
         self._retention = Retention.shared(Path(root), getattr(outputs, "keep_hours", None),
                                            getattr(outputs, "max_disk_gb", None))
@@ -76,7 +78,9 @@ class StreamOutputs:
 
     def write(self, frame) -> None:
         if self._clock is not None:
-            if self._clock.due(self._segment_time(frame)):
+            # a new picture size starts a new segment: an MP4 track keeps one size
+            if self._clock.due(self._segment_time(frame)) or frame.image.shape[:2] != self._size:
+                self._size = frame.image.shape[:2]
                 self._rotate()
         elif not self._opened:
             self._open()
