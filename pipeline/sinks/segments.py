@@ -23,8 +23,8 @@ since the epoch (300 s -> :00, :05, :10 past the hour), files on their own
 media time (``frame.pts``) every ``segment_s`` from their first frame, so a
 file cut into segments gives the same cuts on every run.
 
-Retention (``outputs.keep_hours``, ``outputs.max_disk_gb``) runs whenever a
-segment opens. It deletes whole segments (video, preview, events and masks
+Retention (``outputs.keep_hours``, ``outputs.max_disk_gb``) runs in the
+background when a segment opens (at most every 10 s per output folder). It deletes whole segments (video, preview, events and masks
 together), oldest first, of every stream under the output folder, never a
 segment this process is writing. Each deletion is logged on
 ``hazeflow.sinks``.
