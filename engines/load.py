@@ -26,7 +26,7 @@ import numpy as np
 
 from engines.base import Runner, RunnerError
 from engines.constants import BACKENDS, DEVICES, PRECISIONS, SUPPORTED
-from engines.gate import InputProfile, default_cache_dir, gate, gate_passed, identity_key, read_record, write_record
+from engines.gate import InputProfile, default_cache_dir, gate, identity_key, read_record, write_record
 from engines import weights as _weights
 from engines.weights import MANIFEST, WEIGHTS_DIR, WeightsError, sha256_of
 

@@ -23,10 +23,12 @@ stride and cropped back.
 
 Ports: ``dehazed`` (uint8 BGR, the input array itself when not applied),
 ``haze_score`` (float), ``dehaze_applied`` (bool). The runtime needs no torch:
-ONNX Runtime on the CPU by default (fp32, or int8 from the QDQ graph
+ONNX Runtime or OpenVINO on the CPU, whichever ``auto`` finds faster here (fp32, or int8 from the QDQ graph
 ``<weights stem>.int8.onnx``); ``backend: torch`` uses engines.torch (fp16 on
 cuda); ``backend: tensorrt`` builds or reuses an engine of the verified ONNX
-graph through the engine cache. ``auto`` follows engines.load.choose_backend.
+graph through the engine cache; ``backend: openvino`` runs the same graphs (fp32, bf16 where the CPU
+has it, int8). Every runner comes from engines.load.runner_for (LearnedStage.acquire_runner), which
+also picks ``auto`` and runs the parity gate.
 
 Device path (``backend: torch``, ``device: cuda``, and a CUDA stream handed in
 with ``use_cuda_stream``, as the graph does): the stage runs on that stream. The haze score and the gate
@@ -39,13 +41,12 @@ stage or the sinks (pipeline.gpu.data_to_host). No host synchronisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Sequence
 
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError, StageError, WeightsError
+from pipeline.errors import ConfigError, StageError
 from pipeline.frame import Frame
 from pipeline.guided import guided_coefficients
 from pipeline.imageio import to_bgr8

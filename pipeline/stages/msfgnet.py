@@ -12,12 +12,14 @@ T frames are the same picture, so nothing has moved and the mask is (nearly)
 empty; detection starts as soon as an object has moved relative to the oldest
 frame held. A change of resolution starts a fresh window (FrameBuffer reallocates).
 
-The default backend is ONNX Runtime on the CPU (no torch in the runtime), fp32
+On the CPU ``auto`` runs ONNX Runtime or OpenVINO, whichever is faster here (no torch in the runtime), fp32
 or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
 (``engines.torch.runner.TorchRunner``) loads the state_dict into
 ``training.models.msfgnet`` by name, for CUDA (fp32 or fp16) or for checking
 parity; TensorRT builds (or reuses from the engine cache) an engine from the
-verified ONNX graph. ``backend: auto`` follows ``engines.load.choose_backend``.
+verified ONNX graph; ``backend: openvino`` runs the same graphs. Every runner comes from
+``engines.load.runner_for`` (``LearnedStage.acquire_runner``), which also picks ``auto`` and gates
+reduced precisions.
 
 Device path (``backend: torch``, ``device: cuda``, and a CUDA stream handed in
 with ``use_cuda_stream`` before ``setup``, as the graph does): on that stream the input (``dehazed`` as a CUDA tensor, or a numpy image
