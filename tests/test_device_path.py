@@ -329,7 +329,9 @@ def run(stage, images, stream="cam") -> list:
 @pytest.mark.parametrize("scale", [0.5, 1.0])
 def test_dehaze_device_code_matches_the_host_path(scale):
     torch.set_num_threads(4)
-    config = DehazeStage.Config(when="always", backend="torch", internal_scale=scale, threads=4)
+    # refresh_every 1: the device path runs RI-GAN on every frame; the host's reuse across frames is
+    # tested in tests/test_dehaze_reuse.py
+    config = DehazeStage.Config(when="always", backend="torch", internal_scale=scale, threads=4, refresh_every=1)
     images = real_frames()[:4] if scale < 1 else [im[:181, :322] for im in real_frames()[:2]]  # odd: padding
     with DehazeStage(config) as host, DehazeStage(config) as device:
         want, got = run(host, images), run(on_cpu_tensors(device), images)
