@@ -126,29 +126,27 @@ class TransmissionUpsampler:
 
     def __init__(self, radius: int = 4, eps: float = 1e-3, t_min: float = 0.05):
         self.radius, self.eps, self.t_min = radius, eps, t_min
-        self._shape = None
 
     def __call__(self, t_low: np.ndarray, airlight: np.ndarray, grey_low: np.ndarray,
                  image: np.ndarray) -> np.ndarray:
         """``t_low``, ``grey_low``: hxw float32; ``airlight``: 3 floats in [0, 1]; ``image``: HxWx3 uint8."""
         alpha, beta = guided_coefficients(grey_low, t_low, self.radius, self.eps)
         h, w = image.shape[:2]
-        if self._shape != (h, w):
-            self._shape = (h, w)
-            self._f = np.empty((h, w, 3), np.float32)
-            self._grey = np.empty((h, w), np.float32)
-        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        grey = np.multiply(grey, np.float32(1.0 / 255.0), out=self._grey, casting="unsafe")
         t = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
-        cv2.multiply(t, grey, dst=t)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        t = cv2.multiply(t, grey, dst=t, scale=1.0 / 255.0, dtype=cv2.CV_32F)
         cv2.add(t, cv2.resize(beta, (w, h), interpolation=cv2.INTER_LINEAR), dst=t)
-        np.maximum(t, self.t_min, out=t)
-        r = cv2.divide(1.0, t, dst=t)
-        a = tuple(float(v) * 255.0 for v in np.asarray(airlight).reshape(3)) + (0.0,)
-        f = cv2.subtract(image.astype(np.float32), a)            # I - A
-        cv2.multiply(f, cv2.merge((r, r, r), dst=self._f), dst=f)  # (I - A) / t
-        cv2.add(f, a, dst=f)                                      # + A
-        return cv2.convertScaleAbs(cv2.max(f, 0.0, dst=f))        # clip to [0, 255] (max first: no abs)
+        cv2.max(t, self.t_min, dst=t)
+        r = cv2.divide(1.0, t, dst=t)    # 1/t
+        s = cv2.subtract(1.0, r)         # 1 - 1/t
+        # J = (I - A)/t + A = I/t + A (1 - 1/t), one plane at a time: OpenCV does not broadcast a
+        # single-channel map over three channels, and per plane it is three passes, no 3-channel copies
+        planes = []
+        for c, plane in enumerate(cv2.split(image)):
+            f = cv2.multiply(plane, r, dtype=cv2.CV_32F)
+            f = cv2.scaleAdd(s, float(airlight[c]) * 255.0, f, dst=f)
+            planes.append(cv2.add(f, 0.0, dtype=cv2.CV_8U))  # rounds and saturates to [0, 255]
+        return cv2.merge(planes)
 
 
 class HazeMemory:
