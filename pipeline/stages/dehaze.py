@@ -223,9 +223,9 @@ class DehazeStage(Stage):
         guided_radius: int = 4        # window radius of the guided upsampling at the internal size
         guided_eps: float = 1e-3
         threads: int | None = None    # ONNX Runtime intra-op threads (None = all cores)
-        refresh_every: int = 8        # host path: RI-GAN every Nth dehazed frame of a stream, its t and A reused
+        refresh_every: int = 4        # host path: RI-GAN every Nth dehazed frame of a stream, its t and A reused
                                       # between (1 = every frame; the device path always runs every frame)
-        refresh_change: float = 0.02  # ... or sooner when the scene changes by this much (median |grey diff|, [0, 1])
+        refresh_change: float = 0.01  # ... or sooner when the scene changes by this much (median |grey diff|, [0, 1])
 
     def __init__(self, config: "DehazeStage.Config | None" = None):
         self.config = config or self.Config()
