@@ -37,7 +37,8 @@ def test_bench_runs_the_run_commands_graph_with_every_output(tmp_path):
     assert e["frames"] == b["frames"] == 20 and e["fps"] > 0 and b["fps"] > 0
     assert 0 < e["p50_ms"] <= e["p99_ms"]
     assert e["stages"] == ["decode", "dehaze", "msfgnet", "blobs", "sinks"]
-    assert e["dehazed_frames"] == 20  # haze on every frame, and the default gate saw it on every frame
+    assert e["dehazed_frames"] == 20  # haze on every frame, dehazed on every frame (when: always)
+    assert e["network_runs"] == {"dehaze": 2 * 3}  # per stream: frames 1, 5, 9 (refresh_every 4, one scene)
     assert b["name"] == "decode+dcp+mog2+blobs+encode" and b["stages"][1:3] == ["dcp", "mog2"]
     assert run["ratio_to_baseline"] == pytest.approx(e["fps"] / b["fps"], rel=1e-2)
     for name in ("decode", "dehaze", "msfgnet", "blobs", "sinks"):

@@ -200,7 +200,10 @@ def run_graph(config) -> dict:
     outputs = sorted({str(p.relative_to(Path(config.output) / name)).split("/")[0]
                       for name, paths in report.outputs.items() for p in paths} | {"summary.json"})
     stages = {name: {k: s[k] for k in ("fps", "p50_ms", "p99_ms", "frames")} for name, s in report.stages.items()}
+    # how often a stage ran its network (dehaze: RI-GAN only every refresh_every frames)
+    network_runs = {n.name: n.stage.network_runs for n in nodes if isinstance(getattr(n.stage, "network_runs", None), int)}
     return {"chain": chain, "stages": stages, "outputs": outputs, "dehazed_frames": dehazed_frames(report),
+            "network_runs": network_runs,
             "fps": round(frames / span, 2) if span > 0 else None, "p50_ms": lat["p50_ms"],
             "p99_ms": lat["p99_ms"], "frames": frames, "wall_s": round(span, 3)}
 
@@ -234,7 +237,7 @@ def bench_one(width: int, height: int, k: int, backend: str, args, clip: Path) -
     names = [c["stage"] for c in learned["chain"]]
     run["end_to_end"] = {"stages": ["decode", *names, "sinks"],
                          **{key: learned[key] for key in ("fps", "p50_ms", "p99_ms", "frames", "wall_s",
-                                                          "dehazed_frames")}}
+                                                          "dehazed_frames", "network_runs")}}
     base_names = [c["stage"] for c in classical["chain"]]
     run["baseline"] = {"name": "+".join(["decode", *base_names, "encode"]), "stages": ["decode", *base_names, "sinks"],
                        "stage_fps": {n: s["fps"] for n, s in classical["stages"].items()},
@@ -315,7 +318,8 @@ def markdown(result: dict) -> str:
                      f"{_num(e['p50_ms'])} | {_num(e['p99_ms'])} |")
         lines.append(f"| **baseline** ({b['name']}) | {_num(b['fps'])} | {_num(b['p50_ms'])} | {_num(b['p99_ms'])} |")
         lines.append(f"\nend to end / baseline: {_num(run['ratio_to_baseline'])}; frames dehazed (every frame is "
-                     f"hazy): {_num(e.get('dehazed_frames'))} of {_num(e['frames'])}")
+                     f"hazy): {_num(e.get('dehazed_frames'))} of {_num(e['frames'])}"
+                     + "".join(f"; {name} ran its network on {n} frames" for name, n in e.get("network_runs", {}).items()))
     return "\n".join(lines) + "\n"
 
 
