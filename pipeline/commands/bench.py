@@ -147,8 +147,9 @@ def bench_config(args, backend: str, clip: Path, streams: int, output: Path, cla
                                runtime=dataclasses.replace(config.runtime, max_frames=None))
 
 
-def chain_of(nodes) -> list[dict]:
-    """What actually runs: each stage with the backend and precision it resolved to."""
+def chain_of(nodes, stages: dict) -> list[dict]:
+    """What actually ran: each stage with the backend and precision it loaded (``summary.json``'s
+    ``engine`` record of a learned stage; ``auto`` may have chosen OpenVINO or ONNX Runtime)."""
     chain = []
     for node in nodes:
         conf = getattr(node.stage, "config", None)
@@ -156,19 +157,14 @@ def chain_of(nodes) -> list[dict]:
         for key in ("method", "backend", "precision", "device", "refresh_every"):
             if conf is not None and hasattr(conf, key):
                 entry[key] = getattr(conf, key)
-        if entry.get("backend") == "auto":
-            entry["backend"] = _resolved_backend(conf)
+        engine = (stages.get(node.name) or {}).get("engine") or {}
+        for key in ("backend", "precision"):
+            if engine.get(key):
+                entry[key] = engine[key]
+        if entry.get("backend") == "auto":  # no engine record: the stage's own resolution of auto
+            entry["backend"] = getattr(node.stage, "backend", "auto")
         chain.append(entry)
     return chain
-
-
-def _resolved_backend(conf) -> str:
-    try:
-        from pipeline.stages.weights import resolve_backend
-
-        return resolve_backend(conf.backend, getattr(conf, "device", "cpu"))
-    except Exception:  # a resolution that needs hardware probes: say so rather than guess
-        return "auto"
 
 
 def run_graph(config) -> dict:
@@ -178,7 +174,6 @@ def run_graph(config) -> dict:
     from pipeline.sinks.summary import latency_stats
 
     nodes = build_stages(config.stages)
-    chain = chain_of(nodes)
     sources = open_sources(config)
     try:
         graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
@@ -199,6 +194,7 @@ def run_graph(config) -> dict:
     lat = latency_stats(latency)
     outputs = sorted({str(p.relative_to(Path(config.output) / name)).split("/")[0]
                       for name, paths in report.outputs.items() for p in paths} | {"summary.json"})
+    chain = chain_of(nodes, report.stages)
     stages = {name: {k: s[k] for k in ("fps", "p50_ms", "p99_ms", "frames")} for name, s in report.stages.items()}
     # how often a stage ran its network (dehaze: RI-GAN only every refresh_every frames)
     network_runs = {n.name: n.stage.network_runs for n in nodes if isinstance(getattr(n.stage, "network_runs", None), int)}
