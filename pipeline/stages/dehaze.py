@@ -24,7 +24,7 @@ without those outputs falls back to fitting dehazed ≈ a·hazy + b per channel
 the same way. At ``internal_scale: 1`` the frame is reflect-padded to the
 stride and cropped back.
 
-Reuse across frames (host path, ``internal_scale`` < 1): a fixed camera's haze
+Reuse across frames (``internal_scale`` < 1, host and device paths): a fixed camera's haze
 changes over seconds, not frames, so RI-GAN runs on every ``refresh_every``-th
 dehazed frame of a stream, or sooner when a small grey thumbnail moved by
 ``refresh_change`` since the last run (a cut, a camera move, a fog bank); the
@@ -161,9 +161,10 @@ class HazeMemory:
 
     __slots__ = ("t_low", "airlight", "thumb", "age")
 
-    def __init__(self, t_low: np.ndarray, airlight: np.ndarray, grey_low: np.ndarray):
-        self.t_low = np.array(t_low, np.float32)  # a copy: the runner may reuse its output buffers
-        self.airlight = np.array(airlight, np.float32)
+    def __init__(self, t_low, airlight, grey_low: np.ndarray):
+        """``t_low``/``airlight``: the caller's own copies (numpy, or device tensors on the device path;
+        a runner may reuse its output buffers); ``grey_low``: the host grey image at the internal size."""
+        self.t_low, self.airlight = t_low, airlight
         self.thumb = self.thumbnail(grey_low)
         self.age = 0
 
@@ -180,7 +181,8 @@ class HazeMemory:
         return float(np.median(cv2.absdiff(thumb, self.thumb)))
 
     def stale(self, grey_low: np.ndarray, every: int, change: float) -> bool:
-        return self.age >= every or self.t_low.shape != grey_low.shape or self.change(grey_low) >= change
+        return (self.age >= every or tuple(self.t_low.shape[-2:]) != grey_low.shape
+                or self.change(grey_low) >= change)
 
 
 def resolve_score(c) -> str:
@@ -221,8 +223,8 @@ class DehazeStage(LearnedStage):
         guided_radius: int = 4        # window radius of the guided upsampling at the internal size
         guided_eps: float = 1e-3
         threads: int | None = None    # ONNX Runtime intra-op threads (None = all cores)
-        refresh_every: int = 4        # host path: RI-GAN every Nth dehazed frame of a stream, its t and A reused
-                                      # between (1 = every frame; the device path always runs every frame)
+        refresh_every: int = 4        # RI-GAN every Nth dehazed frame of a stream, its t and A reused
+                                      # between (1 = every frame)
         refresh_change: float = 0.01  # ... or sooner when the scene changes by this much (median |grey diff|, [0, 1])
 
     def __init__(self, config: "DehazeStage.Config | None" = None):
@@ -305,7 +307,7 @@ class DehazeStage(LearnedStage):
                 frame.data["dehazed"] = image
                 self._haze.pop(frame.stream, None)  # t and A from before a clear spell are not reused after it
             elif self.on_device:
-                frame.data["dehazed"] = self._rigan_device(image)
+                frame.data["dehazed"] = self._rigan_device(image, frame.stream)
             else:
                 frame.data["dehazed"] = self.dehaze(image, frame.stream)
         return frames
@@ -391,30 +393,36 @@ class DehazeStage(LearnedStage):
         grey image, so edges of objects that moved since the refresh follow the current frame.
         """
         c = self.config
-        h, w = image.shape[:2]
-        low = cv2.resize(image, self._network_size(w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
-        low *= np.float32(1.0 / 255.0)
-        grey_low = cv2.cvtColor(low, cv2.COLOR_BGR2GRAY)
+        low, grey_low = self._low(image)
         memory = self._haze.get(stream)
         if memory is None or memory.stale(grey_low, c.refresh_every, c.refresh_change):
             outs = self._infer(image, _nchw(low))
             if "transmission" not in outs or "airlight" not in outs:  # a graph without the scattering head
                 return self._upsampler(low, np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0)), image)
-            memory = self._haze[stream] = HazeMemory(outs["transmission"][0, 0], outs["airlight"].reshape(3),
-                                                     grey_low)
+            memory = self._haze[stream] = HazeMemory(np.array(outs["transmission"][0, 0], np.float32),
+                                                     np.array(outs["airlight"], np.float32).reshape(3), grey_low)
         memory.age += 1
         return self._t_upsampler(memory.t_low, memory.airlight, grey_low, image)
 
-    def _infer(self, image: np.ndarray, x: np.ndarray) -> dict:
+    def _low(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hxwx3 float image, hxw grey) at the internal size (< 1), as the network and HazeMemory see it."""
+        h, w = image.shape[:2]
+        low = cv2.resize(image, self._network_size(w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        low *= np.float32(1.0 / 255.0)
+        return low, cv2.cvtColor(low, cv2.COLOR_BGR2GRAY)
+
+    def _infer(self, image: np.ndarray, x, tensors: bool = False) -> dict:
         self.network_runs += 1
         try:
-            outs = self._runner.infer({"hazy": x})
+            return self._runner.infer_tensors({"hazy": x}) if tensors else self._runner.infer({"hazy": x})
         except Exception as e:
             raise StageError("dehaze", f"RI-GAN inference failed on a {image.shape[1]}x{image.shape[0]} frame: {e}") from e
-        return outs
 
-    def _rigan_device(self, image: np.ndarray):
-        """The host path's _rigan on the GPU: HxWx3 uint8 numpy in, HxWx3 uint8 CUDA tensor out (async)."""
+    def _rigan_device(self, image: np.ndarray, stream_name: str = ""):
+        """The host path's _rigan on the GPU: HxWx3 uint8 numpy in, HxWx3 uint8 CUDA tensor out (async).
+
+        t and A are reused across frames as on the host (HazeMemory; the tensors stay on the device);
+        whether RI-GAN runs is decided on the host from the numpy frame, by the same rule and numbers."""
         import torch
 
         from pipeline import guided_torch as gt
@@ -427,14 +435,24 @@ class DehazeStage(LearnedStage):
         if self._uploader is None:
             self._uploader = PinnedUploader(c.device)
         h, w = image.shape[:2]
+        reuse = c.internal_scale < 1.0 and c.refresh_every > 1
         with torch.inference_mode(), torch.cuda.stream(stream):
             frame = self._uploader.upload(image, stream)
             # BGR, as the host feeds it
             low = gt.network_input(frame, self._network_size(w, h), STRIDE, c.internal_scale < 1.0)
-            try:
-                outs = self._runner.infer_tensors({"hazy": low})
-            except Exception as e:
-                raise StageError("dehaze", f"RI-GAN inference failed on a {w}x{h} frame: {e}") from e
+            if reuse:
+                grey_host = self._low(image)[1]
+                memory = self._haze.get(stream_name)
+                if memory is None or memory.stale(grey_host, c.refresh_every, c.refresh_change):
+                    outs = self._infer(image, low, tensors=True)
+                    if "transmission" not in outs or "airlight" not in outs:
+                        return gt.guided_upsample(low, outs["dehazed"].float(), frame, c.guided_radius, c.guided_eps)
+                    memory = self._haze[stream_name] = HazeMemory(
+                        outs["transmission"].float().clone(), outs["airlight"].float().clone(), grey_host)
+                memory.age += 1
+                return gt.transmission_upsample(memory.t_low, memory.airlight, gt.grey_float(low), frame,
+                                                c.guided_radius, c.guided_eps, self._t_upsampler.t_min)
+            outs = self._infer(image, low, tensors=True)
             if c.internal_scale >= 1.0:
                 return gt.dehazed_full(outs["dehazed"], h, w)
             if "transmission" in outs and "airlight" in outs:
