@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resolution", action="append", default=None, metavar="WxH")
     b.add_argument("--streams", type=int, action="append", default=None, metavar="K")
     b.add_argument("--frames", type=int, default=120, metavar="N")
-    b.add_argument("--backend", choices=BACKENDS, default="auto")
+    b.add_argument("--backend", choices=BACKENDS, action="append", default=None,
+                   help="repeat to time several backends side by side (default: auto)")
+    b.add_argument("--config", default=None, metavar="FILE", help="stages and outputs to run (default configs/default.yaml)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     b.add_argument("--precision", choices=PRECISIONS, default="fp32")
     b.add_argument("--json", default=None, metavar="FILE")
