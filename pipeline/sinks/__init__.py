@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from pipeline.gpu import data_to_host
+from pipeline.sinks.analytics import AnalyticsSink
 from pipeline.sinks.atomic import inside, safe_name
 from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
@@ -48,6 +49,7 @@ class StreamOutputs:
             self.sinks.append(PreviewSink(self.folder, o.codec, o.crf, self.fps, o.preview_scale))
         if o.events:
             self.sinks.append(EventsSink(self.folder))
+        self.sinks.append(AnalyticsSink(self.folder, self.stream))  # writes only when the analytics stage ran
         self._opened = True
 
     def write(self, frame) -> None:
@@ -67,6 +69,14 @@ class StreamOutputs:
                 first = first or e
         if first is not None:
             raise first
+
+    def summaries(self) -> dict:
+        """Sections sinks add to this stream's summary.json (``analytics``)."""
+        out = {}
+        for sink in self.sinks:
+            if hasattr(sink, "summary"):
+                out.update(sink.summary())
+        return out
 
     def paths(self) -> list[Path]:
         out = []
