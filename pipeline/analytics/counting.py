@@ -100,17 +100,21 @@ class SpeedMeter:
     seconds (a line fit, so one noisy bottom edge moves it little); the speed is None until the
     track has been measured over ``min_span_s``. Anchors of boxes that touch the picture's border
     are left out: a vehicle entering or leaving the picture is cut by the border, so its box's
-    bottom edge is not where it touches the road.
+    bottom edge is not where it touches the road. A box whose width or height changes by more
+    than ``jump`` (a share) from one frame to the next has merged with another vehicle's blob or
+    split from it: its anchor jumped to another vehicle, so the track's path starts again.
     """
 
     def __init__(self, homography: np.ndarray, width: int, height: int, window_s: float = 1.0,
-                 min_span_s: float = 0.4):
+                 min_span_s: float = 0.4, jump: float = 0.3):
         self.h = homography
         self.size = (width, height)
         self.window_s = window_s
         self.min_span_s = min_span_s
+        self.jump = jump
         self.paths: dict[int, deque] = {}
         self.last: dict[int, float] = {}
+        self.sizes: dict[int, tuple[float, float]] = {}
 
     def update(self, tracks, anchors: np.ndarray, boxes: np.ndarray, t: float) -> list[float | None]:
         ground = to_ground(self.h, anchors)
@@ -118,16 +122,23 @@ class SpeedMeter:
         cut = ((boxes[:, 0] <= 0.5) | (boxes[:, 1] <= 0.5) | (boxes[:, 0] + boxes[:, 2] >= w - 0.5)
                | (boxes[:, 1] + boxes[:, 3] >= h - 0.5))
         speeds = []
-        for track, (x, y), edge in zip(tracks, ground, cut):
+        for track, (x, y), edge, (_, _, bw, bh) in zip(tracks, ground, cut, boxes):
+            before = self.sizes.get(track)
+            self.sizes[track] = (bw, bh)
             if not edge:
                 path = self.paths.get(track)
                 if path is None:
                     path = self.paths[track] = deque()
+                elif before is not None and (abs(bw - before[0]) > self.jump * before[0]
+                                             or abs(bh - before[1]) > self.jump * before[1]):
+                    path.clear()  # merged or split: the anchor now belongs to another vehicle
                 path.append((t, x, y))
                 while path and t - path[0][0] > self.window_s:
                     path.popleft()
                 if len(path) >= 3 and path[-1][0] - path[0][0] >= self.min_span_s:
-                    self.last[track] = _fit_speed(path)
+                    speed = _fit_speed(path)
+                    if speed is not None:
+                        self.last[track] = speed
             speeds.append(self.last.get(track))
         return speeds
 
@@ -135,16 +146,22 @@ class SpeedMeter:
         for t in tracks:
             self.paths.pop(t, None)
             self.last.pop(t, None)
+            self.sizes.pop(t, None)
 
 
-def _fit_speed(path) -> float:
-    """km/h of the least-squares straight motion through (t, x, y) samples in seconds and metres."""
+def _fit_speed(path, straightness: float = 0.15) -> float | None:
+    """km/h of the least-squares straight motion through (t, x, y) samples in seconds and metres;
+    None when the samples stray from that motion by more than ``straightness`` times the distance
+    it covers (RMS): a path with a jump in it (two vehicles under one id) gives no speed."""
     a = np.asarray(path, np.float64)
     t = a[:, 0] - a[:, 0].mean()
-    denom = float(t @ t)
-    vx = float(t @ (a[:, 1] - a[:, 1].mean())) / denom
-    vy = float(t @ (a[:, 2] - a[:, 2].mean())) / denom
-    return float(np.hypot(vx, vy) * 3.6)
+    xy = a[:, 1:] - a[:, 1:].mean(axis=0)
+    v = (t @ xy) / float(t @ t)
+    residual = xy - t[:, None] * v
+    covered = float(np.hypot(*v)) * float(t[-1] - t[0])
+    if np.sqrt(np.mean(np.sum(residual * residual, axis=1))) > straightness * max(covered, 1e-9):
+        return None
+    return float(np.hypot(*v) * 3.6)
 
 
 class StreamAnalytics:
