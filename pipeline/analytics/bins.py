@@ -114,10 +114,10 @@ class BinTable:
             inside.clear()
 
     # ------------------------------------------------------------ outputs
-    def rows(self) -> list[dict]:
+    def rows(self, last_bins: int | None = None) -> list[dict]:
         """One row per bin and line direction, and per bin and zone (the columns of COLUMNS)."""
         out = []
-        for k in sorted(self.bins):
+        for k in sorted(self.bins)[-last_bins if last_bins else 0:]:
             b = self.bins[k]
             start = round(k * self.bin_s, 3)
             for line in self.lines:
@@ -142,8 +142,9 @@ class BinTable:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         return buf.getvalue()
 
-    def summary(self) -> dict:
-        """Totals per line and zone, and per bin the detail the CSV leaves out (haze, dwell, queue)."""
+    def summary(self, last_bins: int | None = None) -> dict:
+        """Totals per line and zone, and per bin the detail the CSV leaves out (haze, dwell, queue);
+        ``last_bins`` lists only the most recent bins (the totals cover every bin)."""
         lines = {}
         for line in self.lines:
             entry = {}
@@ -167,7 +168,7 @@ class BinTable:
                 "median_dwell_s": _round(median(dwell)) if dwell else None,
             }
         bins = []
-        for k in sorted(self.bins):
+        for k in sorted(self.bins)[-last_bins if last_bins else 0:]:
             b = self.bins[k]
             crossing_speeds = [s for v in b.speeds.values() for s in v]
             bins.append({
@@ -180,7 +181,7 @@ class BinTable:
                               "mean_dwell_s": _round(_mean(b.dwell.get(z, ())))}
                           for z in self.zones},
             })
-        return {"bin_s": self.bin_s, "lines": lines, "zones": zones, "bins": bins, "rows": self.rows()}
+        return {"bin_s": self.bin_s, "lines": lines, "zones": zones, "bins": bins, "rows": self.rows(last_bins)}
 
 
 def _mean(values):
