@@ -310,3 +310,7 @@ def test_segmented_run_writes_one_csv_per_segment(tmp_path):
                 counted[row["direction"]] += int(row["count"])
     totals = json.loads((folder / "summary.json").read_text())["analytics"]["lines"]["road"]
     assert counted == {"in": totals["in"], "out": totals["out"]} and sum(counted.values()) > 0
+    assert hazeflow(["report", str(tmp_path / "out")]) == 0  # the page reads the segments' files
+    page = (tmp_path / "out" / "report.html").read_text()
+    table = page[page.index('<table class="analytics">'):]
+    assert table.count("<tr>") - 1 == sum(len(list(csv.DictReader(open(f, newline="")))) for f in files)

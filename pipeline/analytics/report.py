@@ -1,7 +1,7 @@
 """``hazeflow report OUTPUT_DIR``: one self-contained HTML page for a run.
 
-Reads what the run left per stream (summary.json, analytics.csv, events.jsonl, preview.mp4)
-and writes ``OUTPUT_DIR/report.html``: the analytics table exactly as in analytics.csv, plots
+Reads what the run left per stream (summary.json, analytics.csv, events.jsonl, preview.mp4, or
+their closed segments under analytics/, events/ and preview/) and writes ``OUTPUT_DIR/report.html``: the analytics table exactly as in analytics.csv, plots
 (counts per bin per line and direction, zone occupancy, the speed histogram, the haze score
 with dehazing on/off over time, per-stage latency, frames/s and drops) embedded as PNG, and a
 strip of sample frames from the preview with boxes. Nothing is fetched from the network.
@@ -36,22 +36,32 @@ def stream_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("*/summary.json"))
 
 
-def read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
+def output_files(folder: Path, name: str, kind: str, suffix: str) -> list[Path]:
+    """``folder/name`` for a run in one file, else its closed segments ``folder/kind/<stem><suffix>``
+    in time order (segment names are UTC times); a segment still open (``.open``) is left out."""
+    if (folder / name).is_file():
+        return [folder / name]
+    if not (folder / kind).is_dir():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return sorted(p for p in (folder / kind).glob(f"*{suffix}") if ".open" not in p.name)
 
 
-def read_events(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
+def read_csv(paths: list[Path]) -> list[dict]:
+    rows = []
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows.extend(csv.DictReader(f))
+    return rows
+
+
+def read_events(paths: list[Path]) -> list[dict]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    out.append(json.loads(line))
     return out
 
 
@@ -168,8 +178,6 @@ def plot_latency(summary: dict) -> str | None:
 
 def sample_strip(preview: Path, count: int = _STRIP_FRAMES) -> list[str]:
     """``count`` evenly spaced frames of preview.mp4, its right panel (mask, boxes, tracks), as PNG."""
-    if not preview.is_file():
-        return []
     import av
     import cv2
 
@@ -206,8 +214,8 @@ def _table(rows: list[dict], columns) -> str:
 
 def stream_section(folder: Path) -> str:
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    rows = read_csv(folder / "analytics.csv")
-    events = read_events(folder / "events.jsonl")
+    rows = read_csv(output_files(folder, "analytics.csv", "analytics", ".csv"))
+    events = read_events(output_files(folder, "events.jsonl", "events", ".jsonl"))
     name = html.escape(str(summary.get("stream", folder.name)))
     frames = summary.get("frames", {})
     latency = (summary.get("latency") or {}).get("end_to_end") or {}
@@ -230,7 +238,8 @@ def stream_section(folder: Path) -> str:
                          plot_latency(summary)) if p]
     if plots:
         parts.append('<div class="plots">' + "".join(f'<img alt="plot" src="{p}">' for p in plots) + "</div>")
-    strip = sample_strip(folder / "preview.mp4")
+    previews = output_files(folder, "preview.mp4", "preview", ".mp4")
+    strip = sample_strip(previews[-1]) if previews else []  # segments: the newest closed one
     if strip:
         parts.append('<h3>Sample frames</h3><div class="strip">'
                      + "".join(f'<img alt="frame" src="{s}">' for s in strip) + "</div>")
