@@ -112,7 +112,7 @@ class SpeedMeter:
         self.window_s = window_s
         self.min_span_s = min_span_s
         self.jump = jump
-        self.paths: dict[int, deque] = {}
+        self.paths: dict[int, _Path] = {}
         self.last: dict[int, float] = {}
         self.sizes: dict[int, tuple[float, float]] = {}
 
@@ -128,15 +128,14 @@ class SpeedMeter:
             if not edge:
                 path = self.paths.get(track)
                 if path is None:
-                    path = self.paths[track] = deque()
+                    path = self.paths[track] = _Path(t)
                 elif before is not None and (abs(bw - before[0]) > self.jump * before[0]
                                              or abs(bh - before[1]) > self.jump * before[1]):
-                    path.clear()  # merged or split: the anchor now belongs to another vehicle
-                path.append((t, x, y))
-                while path and t - path[0][0] > self.window_s:
-                    path.popleft()
-                if len(path) >= 3 and path[-1][0] - path[0][0] >= self.min_span_s:
-                    speed = _fit_speed(path)
+                    path = self.paths[track] = _Path(t)  # merged or split: the anchor is another vehicle's
+                path.add(t, float(x), float(y))
+                path.drop_before(t - self.window_s)
+                if len(path.samples) >= 3 and path.span() >= self.min_span_s:
+                    speed = path.speed_kmh()
                     if speed is not None:
                         self.last[track] = speed
             speeds.append(self.last.get(track))
@@ -149,19 +148,58 @@ class SpeedMeter:
             self.sizes.pop(t, None)
 
 
-def _fit_speed(path, straightness: float = 0.15) -> float | None:
-    """km/h of the least-squares straight motion through (t, x, y) samples in seconds and metres;
-    None when the samples stray from that motion by more than ``straightness`` times the distance
-    it covers (RMS): a path with a jump in it (two vehicles under one id) gives no speed."""
-    a = np.asarray(path, np.float64)
-    t = a[:, 0] - a[:, 0].mean()
-    xy = a[:, 1:] - a[:, 1:].mean(axis=0)
-    v = (t @ xy) / float(t @ t)
-    residual = xy - t[:, None] * v
-    covered = float(np.hypot(*v)) * float(t[-1] - t[0])
-    if np.sqrt(np.mean(np.sum(residual * residual, axis=1))) > straightness * max(covered, 1e-9):
-        return None
-    return float(np.hypot(*v) * 3.6)
+class _Path:
+    """A track's recent ground points with running sums, so the least-squares fit costs O(1)
+    per frame (a camera with tens of vehicles refits every one of them every frame). Times are
+    kept relative to the path's first sample, which keeps the sums well conditioned."""
+
+    __slots__ = ("t0", "samples", "n", "st", "sx", "sy", "stt", "stx", "sty", "sxx", "syy")
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.samples: deque = deque()
+        self.n = self.st = self.sx = self.sy = self.stt = self.stx = self.sty = self.sxx = self.syy = 0.0
+
+    def _update(self, t: float, x: float, y: float, sign: float) -> None:
+        self.n += sign
+        self.st += sign * t
+        self.sx += sign * x
+        self.sy += sign * y
+        self.stt += sign * t * t
+        self.stx += sign * t * x
+        self.sty += sign * t * y
+        self.sxx += sign * x * x
+        self.syy += sign * y * y
+
+    def add(self, t: float, x: float, y: float) -> None:
+        t -= self.t0
+        self.samples.append((t, x, y))
+        self._update(t, x, y, 1.0)
+
+    def drop_before(self, t: float) -> None:
+        t -= self.t0
+        while self.samples and self.samples[0][0] < t:
+            self._update(*self.samples.popleft(), -1.0)
+
+    def span(self) -> float:
+        return self.samples[-1][0] - self.samples[0][0]
+
+    def speed_kmh(self, straightness: float = 0.15) -> float | None:
+        """km/h of the least-squares straight motion through the samples; None when they stray
+        from it by more than ``straightness`` times the distance it covers (RMS): a path with a
+        jump in it (two vehicles under one id) gives no speed."""
+        n = self.n
+        ctt = self.stt - self.st * self.st / n
+        if ctt <= 0:
+            return None
+        ctx, cty = self.stx - self.st * self.sx / n, self.sty - self.st * self.sy / n
+        vx, vy = ctx / ctt, cty / ctt
+        cxx, cyy = self.sxx - self.sx * self.sx / n, self.syy - self.sy * self.sy / n
+        residual = max(cxx + cyy - (ctx * ctx + cty * cty) / ctt, 0.0) / n
+        speed = (vx * vx + vy * vy) ** 0.5
+        if residual ** 0.5 > straightness * speed * self.span():
+            return None
+        return speed * 3.6
 
 
 class StreamAnalytics:
