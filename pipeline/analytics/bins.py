@@ -17,6 +17,15 @@ from statistics import median
 
 from pipeline.analytics.counting import IN, OUT
 
+#: clock of a source without timestamps (image folders), frames per second
+DEFAULT_FPS = 25.0
+
+
+def frame_time(frame) -> float:
+    """Seconds on the video's own clock: the pts, or the index at DEFAULT_FPS when there is none."""
+    return float(frame.pts if frame.pts is not None else (frame.index - 1) / DEFAULT_FPS)
+
+
 #: width of a bin of the speed histogram in summary.json, km/h
 HISTOGRAM_KMH = 5
 

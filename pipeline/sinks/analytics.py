@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.analytics.bins import BinTable
+from pipeline.analytics.bins import BinTable, frame_time
 from pipeline.frame import Frame
 from pipeline.sinks.atomic import write_bytes_atomic
 
-#: clock of a source without timestamps (image folders), frames per second
-_DEFAULT_FPS = 25.0
 #: most recent bins listed in summary.json (a camera runs for weeks: 1440 one-minute bins = a day)
 SUMMARY_BINS = 1440
 
@@ -56,7 +54,7 @@ class AnalyticsSink:
             return
         if self.table is None:
             self.table = _table(self.stream, result)
-        t = float(frame.pts if frame.pts is not None else (frame.index - 1) / _DEFAULT_FPS)
+        t = frame_time(frame)
         haze, dehazed = frame.data.get("haze_score"), frame.data.get("dehaze_applied")
         self.table.add(t, result, haze, dehazed)
         if self.totals is not None:

@@ -20,14 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.analytics.bins import frame_time
 from pipeline.analytics.counting import StreamAnalytics
 from pipeline.analytics.geometry import parse_calibration, parse_lines, parse_zones
 from pipeline.errors import ConfigError, StageError
 from pipeline.frame import Frame
 from pipeline.stages.base import Stage
-
-#: clock of a source without timestamps (image folders), frames per second
-DEFAULT_FPS = 25.0
 
 
 class AnalyticsStage(Stage):
@@ -79,8 +77,7 @@ class AnalyticsStage(Stage):
             state = self._state(frame)
             boxes = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
             tracks = [int(o["track"]) for o in objects]
-            t = frame.pts if frame.pts is not None else (frame.index - 1) / DEFAULT_FPS
-            result = state.update(tracks, boxes, float(t))
+            result = state.update(tracks, boxes, frame_time(frame))
             for obj, track in zip(objects, tracks):
                 speed = result["speeds"].get(track)
                 if speed is not None:
