@@ -138,6 +138,9 @@ class BatchRun:
                 except KeyboardInterrupt:
                     report.interrupted = True
                     pool.terminate()
+                    for e in entries:
+                        if e.state == "running":  # left 'running' in the manifest: redone on resume
+                            _remove_leftovers(self.root, e)
                 except BaseException:
                     pool.terminate()
                     raise
