@@ -121,8 +121,11 @@ class BatchRun:
         return entries
 
     # ------------------------------------------------------------ running
-    def run(self, make_pool, workers: int) -> BatchReport:
-        """``make_pool()`` returns a LocalPool or RayPool; ``workers`` is the most slots to start."""
+    def run(self, make_pool, workers: int, hold_until_ready: bool = False) -> BatchReport:
+        """``make_pool()`` returns a LocalPool or RayPool; ``workers`` is the most slots to start.
+
+        ``hold_until_ready``: hand out no unit before every worker is ready (benchmarks, so that
+        throughput is measured with all workers running; ``extra["all_ready_s"]`` says when)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.root), Manifest(self.manifest_path) as manifest:
             entries = self.plan(manifest)
@@ -134,7 +137,7 @@ class BatchRun:
                 pool = make_pool()
                 report.engine = pool.engine
                 try:
-                    self._schedule(pool, n, queue, manifest, entries, report, t0)
+                    self._schedule(pool, n, queue, manifest, entries, report, t0, hold_until_ready)
                 except KeyboardInterrupt:
                     report.interrupted = True
                     pool.terminate()
@@ -151,7 +154,7 @@ class BatchRun:
             report.summary_path = self.write_summary(report)
         return report
 
-    def _schedule(self, pool, n, queue, manifest, entries, report, t0) -> None:
+    def _schedule(self, pool, n, queue, manifest, entries, report, t0, hold: bool = False) -> None:
         labels: dict[int, str] = {}
         idle: deque[int] = deque()
         busy: dict[int, Entry] = {}
@@ -165,6 +168,9 @@ class BatchRun:
                     if kind == "ready":
                         labels[slot] = payload
                         idle.append(slot)
+                        report.extra.setdefault("first_ready_s", round(time.monotonic() - t0, 3))
+                        if len(labels) == n:
+                            report.extra.setdefault("all_ready_s", round(time.monotonic() - t0, 3))
                     elif kind == "start_failed":
                         raise StageError("batch worker", payload)
                     elif kind == "result":
@@ -185,7 +191,7 @@ class BatchRun:
                                 raise StageError("batch worker", f"workers keep dying while idle ({payload})")
                         if queue or busy:
                             pool.start(slot)  # a fresh worker in the same slot
-                while idle and queue:
+                while idle and queue and not (hold and "all_ready_s" not in report.extra):
                     slot, entry = idle.popleft(), queue.popleft()
                     entry.attempts += 1
                     entry.state, entry.worker = "running", labels[slot]
