@@ -327,3 +327,32 @@ def test_manifest_replay_counts_attempts_and_skips_a_torn_line(tmp_path):
     h = read_history(path)["/v/a.mp4"]
     assert (h.state, h.failures, h.attempts, h.last["frames"]) == ("done", 1, 2, 5)
     assert len(path.read_text().splitlines()) == 6
+
+
+@pytest.mark.gpu
+def test_worker_on_cuda_keeps_its_stream_and_matches_a_fresh_worker(tmp_path):
+    """A resident MSFgNet on the torch/CUDA device path: the second input on a worker that already ran
+    one gives the masks a fresh worker gives (the graph reuses the stage's CUDA stream)."""
+    from pipeline.config import config_from_dict
+
+    config = config_from_dict({"stages": [{"msfgnet": {"backend": "torch", "device": "cuda"}}, {"blobs": {}}],
+                               "outputs": {"dehazed_video": False, "preview": False, "events": False}})
+    first, second = encode(tmp_path / "a.mp4", 12, 160, 120), encode(tmp_path / "b.mp4", 24, 160, 120)
+    kept, fresh = BatchWorker(config, tmp_path / "kept"), BatchWorker(config, tmp_path / "fresh")
+    try:
+        assert kept.process({"input": str(first), "name": "a", "attempt": 1})["state"] == "done"
+        stream = kept.nodes[0].stage._stream
+        assert kept.process({"input": str(second), "name": "b", "attempt": 1})["state"] == "done"
+        assert kept.nodes[0].stage._stream is stream
+        assert fresh.process({"input": str(second), "name": "b", "attempt": 1})["state"] == "done"
+    finally:
+        kept.close()
+        fresh.close()
+    import cv2
+
+    names = sorted(p.name for p in (tmp_path / "fresh" / "b" / "masks").iterdir())
+    assert len(names) == 24
+    for name in names:
+        a = cv2.imread(str(tmp_path / "kept" / "b" / "masks" / name), cv2.IMREAD_GRAYSCALE)
+        b = cv2.imread(str(tmp_path / "fresh" / "b" / "masks" / name), cv2.IMREAD_GRAYSCALE)
+        assert np.mean(a != b) < 0.001, name
