@@ -122,4 +122,7 @@ def name_units(inputs: list[str], known: dict[str, str]) -> list[WorkUnit]:
 def _base_name(uri: str) -> str:
     if uri.lower().startswith("synthetic:"):
         return safe_stream_name(uri.replace("synthetic:", "synthetic-", 1))
-    return safe_stream_name(Path(uri).stem if Path(uri).suffix else Path(uri).name)
+    path = Path(uri)
+    if path.is_dir():  # an image folder; CDnet keeps its frames in <sequence>/input/
+        return safe_stream_name(path.parent.name if path.name == "input" else path.name)
+    return safe_stream_name(path.stem)
