@@ -90,7 +90,10 @@ class LocalPool:
         self._procs[slot], self._conns[slot] = proc, parent
 
     def submit(self, slot: int, unit: dict) -> None:
-        self._conns[slot].send(unit)
+        try:
+            self._conns[slot].send(unit)
+        except OSError:  # died since it was idle: its sentinel reports it as lost, with this unit
+            pass
 
     def events(self, timeout: float) -> list[tuple]:
         waitables = {}
