@@ -280,7 +280,7 @@ def test_check_output_set_refuses_incomplete_sets(tmp_path, clips, cheap_config)
     assert check_output_set(folder) == 6
     masks = sorted((folder / "masks").iterdir())
     masks[-1].unlink()
-    with pytest.raises(SourceError, match="holds 5 masks, summary.json says 6 frames"):
+    with pytest.raises(SourceError, match="holds 5 frames, summary.json says 6"):
         check_output_set(folder)
     summary = json.loads((folder / "summary.json").read_text())
     summary["running"] = True
@@ -356,3 +356,23 @@ def test_worker_on_cuda_keeps_its_stream_and_matches_a_fresh_worker(tmp_path):
         a = cv2.imread(str(tmp_path / "kept" / "b" / "masks" / name), cv2.IMREAD_GRAYSCALE)
         b = cv2.imread(str(tmp_path / "fresh" / "b" / "masks" / name), cv2.IMREAD_GRAYSCALE)
         assert np.mean(a != b) < 0.001, name
+
+
+def test_check_output_set_adds_up_segments(tmp_path):
+    """With outputs.segment_s the outputs are folders of segments; their frames add up to the set's."""
+    from pipeline.config import config_from_dict
+
+    config = config_from_dict({"stages": [{"mog2": {}}, {"blobs": {}}],
+                               "outputs": {"preview": False, "segment_s": 1}})
+    clip = encode(tmp_path / "seg.mp4", 60)  # 2.4 s at 25 frames/s: three segments
+    worker = BatchWorker(config, tmp_path / "out")
+    try:
+        assert worker.process({"input": str(clip), "name": "seg", "attempt": 1})["state"] == "done"
+    finally:
+        worker.close()
+    folder = tmp_path / "out" / "seg"
+    assert len(list((folder / "dehazed").glob("*.mp4"))) == 3
+    assert check_output_set(folder) == 60
+    sorted((folder / "events").iterdir())[0].unlink()
+    with pytest.raises(SourceError, match=r"events: holds \d+ frames, summary.json says 60"):
+        check_output_set(folder)

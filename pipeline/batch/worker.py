@@ -25,6 +25,7 @@ from pipeline.config import InputConfig
 from pipeline.errors import PipelineError, SourceError, StageError
 from pipeline.graph import CudaLink, StageNode, build_stages
 from pipeline.sinks import inside, safe_name
+from pipeline.sinks.segments import OPEN_TAG
 
 #: hidden folder under DIR that holds outputs still being written
 TMP_DIR = ".batch-tmp"
@@ -137,8 +138,8 @@ def check_output_set(folder: Path) -> int:
 
     Complete: ``summary.json`` is final, has no errors, every frame read was
     processed, every output it lists exists, each video holds as many frames as
-    were processed, ``masks/`` as many files and ``events.jsonl`` as many lines;
-    no partial file is left.
+    were processed, ``masks/`` as many files and ``events.jsonl`` as many lines
+    (segments of an output counted together); no partial or open file is left.
     """
     where = str(folder)
     try:
@@ -156,32 +157,40 @@ def check_output_set(folder: Path) -> int:
         raise SourceError(where, "no frame was decoded")
     if int(frames.get("in", -1)) != processed or int(frames.get("dropped", 0)) != 0:
         raise SourceError(where, f"{frames.get('in')} frames read but {processed} processed")
-    for rel in summary.get("outputs", []):
-        _check_output(folder, rel, processed)
-    partial = next((p for p in folder.rglob("*.partial")), None)
-    if partial is not None:
-        raise SourceError(where, f"partial file left: {partial.name}")
+    for kind, n in _frames_per_output(folder, summary.get("outputs", [])).items():
+        if n != processed:
+            raise SourceError(str(folder / kind), f"holds {n} frames, summary.json says {processed}")
+    unfinished = next((p for p in folder.rglob("*") if p.name.endswith(".partial") or OPEN_TAG in p.name), None)
+    if unfinished is not None:
+        raise SourceError(where, f"unfinished file left: {unfinished.name}")
     return processed
 
 
-def _check_output(folder: Path, rel: str, processed: int) -> None:
-    path = inside(folder, rel)
-    if not path.exists():
-        raise SourceError(str(path), "listed in summary.json but missing")
-    if path.is_dir():
-        n = sum(1 for p in path.iterdir() if p.suffix == ".png")
-        what = "masks"
-    elif path.suffix == ".mp4":
-        n = video_frames(path)
-        what = "video frames"
-    elif path.suffix == ".jsonl":
-        with open(path, "rb") as f:
-            n = sum(1 for _ in f)
-        what = "lines"
-    else:
-        return
-    if n != processed:
-        raise SourceError(str(path), f"holds {n} {what}, summary.json says {processed} frames")
+def _frames_per_output(folder: Path, outputs: list[str]) -> dict[str, int]:
+    """Frames each output holds: video frames, mask files, event lines.
+
+    An output is one file (``dehazed.mp4``) or, with ``outputs.segment_s``, a folder of segments
+    (``dehazed/<start>.mp4``, ``masks/<start>/``); the segments of one output add up.
+    """
+    totals: dict[str, int] = {}
+    for rel in outputs:
+        path = inside(folder, rel)
+        if not path.exists():
+            raise SourceError(str(path), "listed in summary.json but missing")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        kind = Path(Path(rel).parts[0]).stem  # dehazed.mp4 and dehazed/ are both "dehazed"
+        for f in files:
+            if f.suffix == ".mp4":
+                n = video_frames(f)
+            elif f.suffix == ".png":
+                n = 1
+            elif f.suffix == ".jsonl":
+                with open(f, "rb") as lines:
+                    n = sum(1 for _ in lines)
+            else:
+                continue
+            totals[kind] = totals.get(kind, 0) + n
+    return totals
 
 
 def video_frames(path: Path) -> int:
