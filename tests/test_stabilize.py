@@ -1,0 +1,204 @@
+"""Camera-motion compensation (pipeline.stabilize) in the frame buffer, MSFgNet, MOG2/KNN and events.
+
+Real frames: CDnet highway shaken with training.data.jitter (seeds not used by tools/eval_jitter.py),
+video02.avi for a scene cut; blank frames for a registration that must fail.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import cli
+from pipeline.cdnet import Confusion
+from pipeline.errors import ConfigError
+from pipeline.frame import Frame
+from pipeline.framebuffer import FrameBuffer
+from pipeline.sinks.events import event_record
+from pipeline.stabilize import Stabilizer
+from pipeline.stages.background import KnnStage, Mog2Stage
+from pipeline.stages.msfgnet import MsfgnetStage
+from tests.conftest import HIGHWAY, VIDEOS, need
+from tests.test_msfgnet_stage import needs_weights
+from training.data.jitter import jitter_pair, shake_matrix, shake_trajectory
+
+SEED = 4242  # a shake used only by these tests
+
+
+@functools.lru_cache(maxsize=None)
+def highway(first: int, count: int, seed: int | None = SEED):
+    """Highway frames ``first``.. with their labels, shaken by the trajectory of ``seed`` (None = still)."""
+    need(HIGHWAY)
+    roi = cv2.imread(str(HIGHWAY / "ROI.bmp"), cv2.IMREAD_GRAYSCALE) > 0
+    path = shake_trajectory(count, seed) if seed is not None else np.zeros((count, 3))
+    out = []
+    for k in range(count):
+        n = first + k
+        image = cv2.imread(str(HIGHWAY / "input" / f"in{n:06d}.jpg"))
+        labels = cv2.imread(str(HIGHWAY / "groundtruth" / f"gt{n:06d}.png"), cv2.IMREAD_GRAYSCALE)
+        out.append(jitter_pair(image, labels, path[k], roi=roi))
+    return out, path
+
+
+def run_stage(stage, images, stream="cam", first=1):
+    frames = []
+    with stage:
+        for i, image in enumerate(images):
+            frame = Frame(stream, first + i, None, image)
+            stage.process([frame])
+            frames.append(frame)
+    return frames
+
+
+def scores(frames, labels, skip: int) -> dict:
+    c = Confusion()
+    for f, gt in list(zip(frames, labels))[skip:]:
+        c.add(f.data["mask"], gt)
+    return c.metrics()
+
+
+# --- registration ------------------------------------------------------------------------
+def test_registration_follows_a_real_shake():
+    clip, path = highway(900, 60)
+    stab = Stabilizer()
+    corners = np.array([[0, 0, 1], [320, 0, 1], [0, 240, 1], [320, 240, 1]], float).T
+    first = np.eye(3)
+    first[:2] = shake_matrix(path[0], (320, 240))
+    errors, statuses = [], set()
+    for (image, _), offset in zip(clip, path):
+        motion = stab.update(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+        statuses.add(motion.status)
+        truth = np.eye(3)
+        truth[:2] = shake_matrix(offset, (320, 240))
+        truth = truth @ np.linalg.inv(first)  # first frame -> this frame
+        errors.append(np.abs((motion.pose @ corners)[:2] - (truth @ corners)[:2]).max())
+        assert motion.confidence >= 0.15
+    assert statuses <= {"anchor", "ok", "renewed"}
+    assert np.abs(path[:, :2]).max() > 5  # the shake is real: several pixels
+    assert np.median(errors) < 0.6 and max(errors) < 2.0  # pixels at a frame corner
+
+
+def test_blank_frames_are_unreliable_and_recover():
+    clip, _ = highway(900, 12, seed=None)
+    stab = Stabilizer()
+    greys = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image, _ in clip]
+    blank = np.full_like(greys[0], 128)
+    statuses = [stab.update(g).status for g in greys[:5]]
+    assert statuses == ["anchor"] + ["ok"] * 4
+    lost = [stab.update(blank) for _ in range(5)]
+    assert all(m.pose is None and m.status == "unreliable" for m in lost)
+    assert all(m.confidence < 0.15 for m in lost)
+    back = [stab.update(g) for g in greys[5:]]
+    assert back[0].status == "reanchored" and back[0].epoch == 1  # texture again: a new epoch
+    assert all(m.pose is not None for m in back)
+
+
+# --- the frame buffer ---------------------------------------------------------------------
+def test_aligned_warps_past_frames_into_the_newest_and_marks_unknown():
+    rng = np.random.default_rng(1)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (60, 80), dtype=np.uint8), (5, 5), 0)
+    shifted = np.roll(base, 4, axis=1)  # the camera turned: the scene moved 4 px to the right
+    fb = FrameBuffer(3)
+    fb.push("cam", base, np.eye(3), 0)
+    pose = np.eye(3)
+    pose[0, 2] = 4
+    fb.push("cam", shifted, pose, 0)
+    frames, unknown = fb.aligned("cam", np.array([0, 1]))
+    np.testing.assert_array_equal(frames[0][:, 5:], shifted[:, 5:])
+    np.testing.assert_array_equal(frames[1], shifted)
+    assert unknown[:, :4].all() and not unknown[:, 5:].any()
+    # another epoch: no relation is known, the frame is left as it was seen
+    fb.push("cam", base, np.eye(3), 1)
+    frames, unknown = fb.aligned("cam", np.array([1, 2]))
+    np.testing.assert_array_equal(frames[0], shifted)
+    assert unknown is None
+    # a frame without a pose is never warped
+    fb.push("cam", shifted, None, 1)
+    assert fb.aligned("cam", np.array([1, 2]))[1] is None
+
+
+# --- stages -------------------------------------------------------------------------------
+@needs_weights
+def test_compensation_raises_msfgnet_precision_on_a_shaken_clip():
+    clip, _ = highway(1000, 90)
+    images, labels = zip(*clip)
+    off = scores(run_stage(MsfgnetStage(MsfgnetStage.Config(stabilize="off")), images), labels, 40)
+    frames = run_stage(MsfgnetStage(), images)
+    on = scores(frames, labels, 40)
+    assert on["Precision"] > off["Precision"] + 0.3, (on, off)
+    assert on["F-measure"] > off["F-measure"] + 0.2, (on, off)
+    record = event_record(frames[-1])["stabilize"]
+    assert record["status"] in ("ok", "renewed") and record["confidence"] > 0.15
+    assert {"dx", "dy", "rotation", "zoom", "epoch", "unknown"} <= set(record)
+
+
+@pytest.mark.parametrize("cls", [Mog2Stage, KnnStage])
+def test_compensation_raises_classical_precision_on_a_shaken_clip(cls):
+    clip, _ = highway(1000, 90)
+    images, labels = zip(*clip)
+    off = scores(run_stage(cls(cls.Config(stabilize="off")), images), labels, 40)
+    on = scores(run_stage(cls(), images), labels, 40)
+    assert on["Precision"] > off["Precision"] + 0.2, (on, off)
+    assert on["F-measure"] > off["F-measure"], (on, off)
+
+
+@needs_weights
+def test_still_camera_gives_the_same_masks_as_off():
+    clip, _ = highway(1000, 45, seed=None)
+    images = [image for image, _ in clip]
+    off = run_stage(MsfgnetStage(MsfgnetStage.Config(stabilize="off")), images)
+    on = run_stage(MsfgnetStage(), images)
+    assert all("stabilize" not in f.data for f in off)
+    assert all(f.data["stabilize"]["unknown"] == 0 for f in on)  # nothing warped: inside the dead band
+    for a, b in zip(off, on):
+        np.testing.assert_array_equal(a.data["mask"], b.data["mask"])
+
+
+@needs_weights
+def test_scene_cut_and_blank_frames_fall_back_to_no_compensation():
+    need(VIDEOS / "video02.avi")
+    import av
+
+    clip, _ = highway(1000, 25)
+    images = [image for image, _ in clip] + [np.full((240, 320, 3), 90, np.uint8)] * 4
+    with av.open(str(VIDEOS / "video02.avi")) as container:
+        for k, f in enumerate(container.decode(video=0)):
+            images.append(cv2.resize(f.to_ndarray(format="bgr24"), (320, 240), interpolation=cv2.INTER_AREA))
+            if k == 15:
+                break
+    off = run_stage(MsfgnetStage(MsfgnetStage.Config(stabilize="off")), images)
+    on = run_stage(MsfgnetStage(), images)
+    statuses = [f.data["stabilize"]["status"] for f in on]
+    assert statuses[25:29] == ["unreliable"] * 4  # blank: nothing to follow
+    assert "reanchored" in statuses[29:] and on[-1].data["stabilize"]["epoch"] == 1
+    for a, b in zip(off[25:], on[25:]):  # no pose or no relation to the past: exactly as without
+        np.testing.assert_array_equal(a.data["mask"], b.data["mask"])
+
+
+def test_bad_mode_is_refused_with_its_key():
+    with pytest.raises(ConfigError, match=r"stages\.mog2\.stabilize.*auto, off"):
+        Mog2Stage.Config(stabilize="on")
+    with pytest.raises(ConfigError, match=r"stages\.msfgnet\.stabilize"):
+        MsfgnetStage(MsfgnetStage.Config(stabilize="yes"))
+
+
+def test_events_of_a_run_carry_motion_and_confidence(tmp_path, capsys):
+    clip, path = highway(1000, 30)
+    folder = tmp_path / "shaky" / "input"
+    folder.mkdir(parents=True)
+    for k, (image, _) in enumerate(clip):
+        cv2.imwrite(str(folder / f"in{1000 + k:06d}.png"), image)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"inputs: ['{folder}']\noutput: {tmp_path / 'o'}\nstages:\n  - mog2: {{stabilize: auto}}\n"
+                      "outputs: {preview: false, dehazed_video: false}\n")
+    assert cli.main(["run", str(config), "--no-progress"]) == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in next((tmp_path / "o").rglob("events.jsonl")).read_text().splitlines()]
+    assert len(lines) == 30
+    moves = [(e["stabilize"]["dx"], e["stabilize"]["dy"]) for e in lines]
+    assert all(0 <= e["stabilize"]["confidence"] <= 1 for e in lines)
+    # dx, dy are the shift since the first frame, in input pixels
+    truth = path[:, :2] - path[0, :2]
+    assert np.abs(np.array(moves) - truth).max() < 2.0
