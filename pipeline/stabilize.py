@@ -57,7 +57,7 @@ MODES = ("auto", "off")
 EST_WIDTH = 320          # registration runs on a grey copy at most this wide
 DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner further is not applied
 MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is seen
-LK_WINDOW, LK_LEVELS = (13, 13), 3
+LK_WINDOW, LK_LEVELS = (11, 11), 2   # 2 levels follow ~20 px per frame from the last estimate
 
 
 def check_mode(section: str, value: str) -> None:
@@ -69,7 +69,7 @@ def check_mode(section: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class StabilizerSettings:
-    corners: int = 200             # reference corners followed
+    corners: int = 150             # reference corners followed
     min_inliers: int = 12          # fewer RANSAC inliers: unreliable
     min_confidence: float = 0.15   # inliers / corners below this: unreliable
     renew_below: float = 0.3       # confidence below this (but reliable): renew the reference

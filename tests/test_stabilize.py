@@ -96,6 +96,32 @@ def test_blank_frames_are_unreliable_and_recover():
     assert all(m.pose is not None for m in back)
 
 
+def test_slow_pan_and_zoom_are_followed_and_a_large_jump_reanchors():
+    clip, _ = highway(900, 90, seed=None)
+    stab = Stabilizer()
+    corners = np.array([[0, 0, 1], [320, 0, 1], [0, 240, 1], [320, 240, 1]], float).T
+    poses, truths, statuses = [], [], []
+    for t, (image, _) in enumerate(clip):
+        m = np.eye(3)
+        if t < 70:  # pan right 0.5 px and zoom in 0.1 % per frame
+            m[:2] = cv2.getRotationMatrix2D((160, 120), 0, 1 + 0.001 * t)
+            m[0, 2] += 0.5 * t
+        else:       # then the camera jumps (a preset move), too far to follow from before
+            m[0, 2], m[1, 2] = -80, 40
+        moved = cv2.warpAffine(image, m[:2], (320, 240), borderMode=cv2.BORDER_REFLECT_101)
+        motion = stab.update(cv2.cvtColor(moved, cv2.COLOR_BGR2GRAY))
+        poses.append(motion.pose)
+        truths.append(m)
+        statuses.append(motion.status)
+    assert all(p is not None for p in poses[:70]) and "unreliable" not in statuses[:70]
+    for t in range(30, 70):  # what the frame buffer uses: the relation of frames 30 apart
+        got = poses[t] @ np.linalg.inv(poses[t - 30])
+        want = truths[t] @ np.linalg.inv(truths[t - 30])
+        assert np.abs((got @ corners)[:2] - (want @ corners)[:2]).max() < 1.0, t
+    assert "reanchored" in statuses[70:] and stab.epoch == 1
+    assert all(p is not None for p in poses[statuses.index("reanchored", 70):])
+
+
 # --- the frame buffer ---------------------------------------------------------------------
 def test_aligned_warps_past_frames_into_the_newest_and_marks_unknown():
     rng = np.random.default_rng(1)
@@ -185,20 +211,43 @@ def test_bad_mode_is_refused_with_its_key():
         MsfgnetStage(MsfgnetStage.Config(stabilize="yes"))
 
 
-def test_events_of_a_run_carry_motion_and_confidence(tmp_path, capsys):
-    clip, path = highway(1000, 30)
-    folder = tmp_path / "shaky" / "input"
-    folder.mkdir(parents=True)
-    for k, (image, _) in enumerate(clip):
-        cv2.imwrite(str(folder / f"in{1000 + k:06d}.png"), image)
+@pytest.fixture(scope="module")
+def shaken_folder(tmp_path_factory):
+    """Highway 1000-1059 shaken, as a CDnet folder (frames 1030-1059 scored); and the shake."""
+    clip, path = highway(1000, 60)
+    root = tmp_path_factory.mktemp("shaken") / "shaky"
+    (root / "input").mkdir(parents=True)
+    (root / "groundtruth").mkdir()
+    for k, (image, labels) in enumerate(clip):
+        cv2.imwrite(str(root / "input" / f"in{1000 + k:06d}.png"), image)
+        cv2.imwrite(str(root / "groundtruth" / f"gt{1000 + k:06d}.png"), labels)
+    (root / "temporalROI.txt").write_text("1030 1059\n")
+    return root, path
+
+
+def test_events_of_a_run_carry_motion_and_confidence(tmp_path, shaken_folder, capsys):
+    root, path = shaken_folder
     config = tmp_path / "c.yaml"
-    config.write_text(f"inputs: ['{folder}']\noutput: {tmp_path / 'o'}\nstages:\n  - mog2: {{stabilize: auto}}\n"
-                      "outputs: {preview: false, dehazed_video: false}\n")
+    config.write_text(f"inputs: ['{root / 'input'}']\noutput: {tmp_path / 'o'}\nstages:\n  - mog2: {{stabilize: auto}}\n"
+                      "runtime: {max_frames: 30}\noutputs: {preview: false, dehazed_video: false}\n")
     assert cli.main(["run", str(config), "--no-progress"]) == 0, capsys.readouterr().err
     lines = [json.loads(line) for line in next((tmp_path / "o").rglob("events.jsonl")).read_text().splitlines()]
     assert len(lines) == 30
     moves = [(e["stabilize"]["dx"], e["stabilize"]["dy"]) for e in lines]
     assert all(0 <= e["stabilize"]["confidence"] <= 1 for e in lines)
-    # dx, dy are the shift since the first frame, in input pixels
-    truth = path[:, :2] - path[0, :2]
+    # dx, dy: how far the picture's centre moved since the first frame, in input pixels
+    truth = path[:30, :2] - path[0, :2]
     assert np.abs(np.array(moves) - truth).max() < 2.0
+
+
+def test_eval_foreground_takes_stabilize(tmp_path, shaken_folder, capsys):
+    root, _ = shaken_folder
+    reports = {}
+    for mode in ("off", "auto"):
+        out = tmp_path / f"{mode}.json"
+        argv = ["eval", "foreground", str(root), "--method", "knn", "--stabilize", mode, "--json", str(out)]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        reports[mode] = json.loads(out.read_text())
+    assert reports["off"]["stabilize"] == "off" and reports["auto"]["stabilize"] == "auto"
+    off, on = (reports[m]["sequences"]["shaky"]["Precision"] for m in ("off", "auto"))
+    assert on > off + 0.2, (on, off)
