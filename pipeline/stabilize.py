@@ -60,8 +60,18 @@ MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is s
 LK_WINDOW, LK_LEVELS = (11, 11), 2   # 2 levels follow ~20 px per frame from the last estimate
 
 
-def check_mode(section: str, value: str) -> None:
-    if value not in MODES:
+def stabilize_mode(value) -> str:
+    """``auto`` or ``off`` as written; YAML 1.1 (``yaml.safe_load``) reads a bare ``off`` as false
+    and ``on`` as true, so those mean off and auto."""
+    if value is False:
+        return "off"
+    if value is True:
+        return "auto"
+    return value
+
+
+def check_mode(section: str, value) -> None:
+    if stabilize_mode(value) not in MODES:
         from pipeline.errors import ConfigError
 
         raise ConfigError(f"{section}.stabilize", f"must be one of {', '.join(MODES)}, got {value!r}")

@@ -204,6 +204,15 @@ def test_scene_cut_and_blank_frames_fall_back_to_no_compensation():
         np.testing.assert_array_equal(a.data["mask"], b.data["mask"])
 
 
+def test_a_bare_off_in_yaml_means_off(tmp_path):
+    from pipeline.config import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("stages:\n  - mog2: {stabilize: off}\n  - knn: {stabilize: auto}\n")
+    mog2, knn = (spec.config for spec in load_config(config).stages)
+    assert Mog2Stage(mog2)._registrations is None and KnnStage(knn)._registrations is not None
+
+
 def test_bad_mode_is_refused_with_its_key():
     with pytest.raises(ConfigError, match=r"stages\.mog2\.stabilize.*auto, off"):
         Mog2Stage.Config(stabilize="on")

@@ -8,8 +8,8 @@ MSFgNet. With shadow detection on, pixels OpenCV marks as shadow (127) count
 as background, as CDnet scores them.
 
 Camera motion (``stabilize: auto``, pipeline.stabilize): OpenCV's models live in
-fixed pixel coordinates, so each frame is registered (on a grey copy at half
-size) and warped into the coordinates of the frame the model started at; the
+fixed pixel coordinates, so each frame is registered (on a grey copy at most
+320 pixels wide) and warped into the coordinates of the frame the model started at; the
 mask is warped back and pixels the model has never seen are background. A pan
 that leaves less than 60 % of the model's frame in view starts the model
 afresh; after a scene cut or a lost registration the model carries on as it
@@ -24,7 +24,7 @@ import cv2
 
 from pipeline.errors import ConfigError
 from pipeline.frame import Frame
-from pipeline.stabilize import ModelFrame, Registrations, check_mode
+from pipeline.stabilize import EST_WIDTH, ModelFrame, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import Stage
 from pipeline.stages.msfgnet import grey_small, working_size
 
@@ -44,7 +44,7 @@ class _SubtractorStage(Stage):
         self._models: dict[str, Any] = {}
         k = config.open_kernel
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)) if k > 1 else None
-        self._registrations = Registrations() if config.stabilize == "auto" else None
+        self._registrations = Registrations() if stabilize_mode(config.stabilize) == "auto" else None
         self._frames: dict[str, ModelFrame] = {}
 
     def _new_model(self):
@@ -70,7 +70,7 @@ class _SubtractorStage(Stage):
     def _into_model(self, frame: Frame, image, model):
         """Register the frame; the image in the model's coordinates (and a fresh model when needed)."""
         h, w = image.shape[:2]
-        small = grey_small(image, working_size(w, h, 0.5))
+        small = grey_small(image, working_size(w, h, min(1.0, EST_WIDTH / w)))  # as MSFgNet registers
         motion = self._registrations.update(frame.stream, small)
         where = self._frames.get(frame.stream)
         if where is None:
@@ -110,7 +110,7 @@ class Mog2Stage(_SubtractorStage):
         detect_shadows: bool = False
         learning_rate: float = -1.0   # < 0: OpenCV picks 1/min(frames seen, history)
         open_kernel: int = 3          # morphological opening against speckle; 0 or 1 = off
-        stabilize: str = "auto"       # auto | off: camera-motion compensation (pipeline.stabilize)
+        stabilize: str | bool = "auto"  # auto | off: camera-motion compensation (pipeline.stabilize)
 
         def __post_init__(self):
             _check(self, "mog2")
@@ -136,7 +136,7 @@ class KnnStage(_SubtractorStage):
         detect_shadows: bool = False    # off for the same reason as in MOG2
         learning_rate: float = -1.0
         open_kernel: int = 3
-        stabilize: str = "auto"
+        stabilize: str | bool = "auto"
 
         def __post_init__(self):
             _check(self, "knn")

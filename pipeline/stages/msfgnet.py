@@ -47,7 +47,7 @@ import numpy as np
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
-from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, check_mode
+from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import Stage
 from pipeline.stages.weights import (check_precision, int8_graph, onnxruntime_runner, resolve_backend,
                                      resolve_path, tensorrt_runner, verified_weights)
@@ -100,7 +100,7 @@ class MsfgnetStage(Stage):
         threads: int = 2                           # CPU threads of the runner; 0 = all cores
         scale: float = 0.5                         # working size / input size
         stride: int = 10                           # frames between two frames of the window
-        stabilize: str = "auto"                    # auto | off: camera-motion compensation (pipeline.stabilize)
+        stabilize: str | bool = "auto"             # auto | off: camera-motion compensation (pipeline.stabilize)
 
     def __init__(self, config: "MsfgnetStage.Config | None" = None):
         self.config = config or self.Config()
@@ -113,7 +113,7 @@ class MsfgnetStage(Stage):
         self._stream = None          # CUDA stream from the graph (device path)
         self._device_buffer = None   # DeviceFrameBuffer (device path)
         self._uploader = None
-        self._registrations = Registrations() if self.config.stabilize == "auto" else None
+        self._registrations = Registrations() if stabilize_mode(self.config.stabilize) == "auto" else None
         self._unknown: dict[int, np.ndarray] = {}  # id(frame) -> pixels with no past (working size)
 
     def _check(self) -> None:
