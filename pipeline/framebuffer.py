@@ -16,6 +16,7 @@ it is read.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from pipeline.stabilize import DEAD_BAND, coverage, displacement, relation, warp_into
@@ -54,6 +55,12 @@ class _Ring:
 
     def window(self) -> np.ndarray:
         return self.slots[self.span()]
+
+
+def _closer(warped: np.ndarray, seen: np.ndarray, newest: np.ndarray, cover: np.ndarray) -> bool:
+    """Is the warped past frame nearer the newest than the frame as seen (mean |difference| where
+    the warp brings pixels)? A wrong registration that looked confident fails this."""
+    return cv2.mean(cv2.absdiff(warped, newest), cover)[0] < cv2.mean(cv2.absdiff(seen, newest), cover)[0]
 
 
 class FrameBuffer:
@@ -109,7 +116,8 @@ class FrameBuffer:
         next call for this stream; unknown (H, W) uint8, 1 where a warped frame had no pixel (filled
         there with the newest frame), or None when nothing was warped. A frame is left as it was
         seen when it or the newest frame has no pose, when they belong to different epochs, or when
-        the relation moves nothing by more than ``dead_band`` pixels.
+        the relation moves nothing by more than ``dead_band`` pixels, or when the warped frame is not
+        nearer the newest than the frame as seen (mean absolute difference where the warp brings pixels).
         """
         ring = self._rings.get(stream)
         if ring is None:
@@ -135,15 +143,19 @@ class FrameBuffer:
             m = relation(current, poses[j])
             if displacement(m, (w, h)) <= dead_band:
                 continue
+            if ring.unknown is None:
+                ring.unknown = np.empty((h, w), np.uint8)
+                ring.cover = np.empty((h, w), np.uint8)
+            cover = coverage(m, (w, h), (h, w), ring.cover)
             out[k] = held[newest]
             warp_into(held[j], m, out[k])
+            if not _closer(out[k], held[j], held[newest], cover):
+                out[k] = held[j]  # the warp does not explain the change: never worse than none
+                continue
             if unknown is None:
-                if ring.unknown is None:
-                    ring.unknown = np.empty((h, w), np.uint8)
-                    ring.cover = np.empty((h, w), np.uint8)
                 unknown = ring.unknown
                 unknown[:] = 0
-            np.bitwise_or(unknown, coverage(m, (w, h), (h, w), ring.cover) ^ 1, out=unknown)
+            np.bitwise_or(unknown, cover ^ 1, out=unknown)
         return out, unknown
 
     def is_full(self, stream: str) -> bool:

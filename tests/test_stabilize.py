@@ -146,6 +146,19 @@ def test_aligned_warps_past_frames_into_the_newest_and_marks_unknown():
     assert fb.aligned("cam", np.array([1, 2]))[1] is None
 
 
+def test_a_wrong_pose_that_looks_confident_is_not_applied():
+    rng = np.random.default_rng(2)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (60, 80), dtype=np.uint8), (5, 5), 0)
+    fb = FrameBuffer(2)
+    fb.push("cam", base, np.eye(3), 0)
+    wrong = np.eye(3)
+    wrong[:2, 2] = (5, -3)  # the camera did not move, the registration says it did
+    fb.push("cam", base, wrong, 0)
+    frames, unknown = fb.aligned("cam", np.array([0, 1]))
+    np.testing.assert_array_equal(frames[0], base)  # the warp made it worse: left as seen
+    assert unknown is None
+
+
 # --- stages -------------------------------------------------------------------------------
 @needs_weights
 def test_compensation_raises_msfgnet_precision_on_a_shaken_clip():
