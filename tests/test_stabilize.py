@@ -250,8 +250,9 @@ def shaken_folder(tmp_path_factory):
 def test_events_of_a_run_carry_motion_and_confidence(tmp_path, shaken_folder, capsys):
     root, path = shaken_folder
     config = tmp_path / "c.yaml"
-    config.write_text(f"inputs: ['{root / 'input'}']\noutput: {tmp_path / 'o'}\nstages:\n  - mog2: {{stabilize: auto}}\n"
-                      "runtime: {max_frames: 30}\noutputs: {preview: false, dehazed_video: false}\n")
+    config.write_text(f"inputs: ['{root / 'input'}']\noutput: {tmp_path / 'o'}\n"
+                      "stages:\n  - mog2: {stabilize: auto}\nruntime: {max_frames: 30}\n"
+                      "outputs: {preview: false, dehazed_video: false}\n")
     assert cli.main(["run", str(config), "--no-progress"]) == 0, capsys.readouterr().err
     lines = [json.loads(line) for line in next((tmp_path / "o").rglob("events.jsonl")).read_text().splitlines()]
     assert len(lines) == 30
