@@ -38,6 +38,7 @@ a host stage or the sinks read them (pipeline.gpu.data_to_host).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -158,6 +159,9 @@ class MsfgnetStage(Stage):
             from pipeline.gpu import DeviceFrameBuffer
 
             self._device_buffer = DeviceFrameBuffer(self.buffer.T)
+            if self._registrations is not None:
+                logging.getLogger("hazeflow.stages").warning(
+                    "stages.msfgnet: stabilize: auto does not compensate camera motion on the device path yet")
 
     def _onnxruntime_runner(self):
         c = self.config
