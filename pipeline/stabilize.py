@@ -54,6 +54,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.errors import ConfigError
+
 MODES = ("auto", "off")
 EST_WIDTH = 320          # registration runs on a grey copy at most this wide
 DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner further is not applied
@@ -73,8 +75,6 @@ def stabilize_mode(value) -> str:
 
 def check_mode(section: str, value) -> None:
     if stabilize_mode(value) not in MODES:
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"{section}.stabilize", f"must be one of {', '.join(MODES)}, got {value!r}")
 
 
