@@ -34,8 +34,8 @@ How each model uses it:
 * MSFgNet (``FrameBuffer.aligned``): the buffer keeps every frame as it was
   seen, with its pose; the frames picked for the window are warped into the
   current frame. Pixels a past frame has no data for are filled with the
-  current frame (no change there) and are *unknown*; the stage forces its
-  probability and mask to 0 there. A warp that does not bring the past frame
+  current frame (no change there); where most past frames have none they are
+  *unknown* and the stage forces its probability and mask to 0 there. A warp that does not bring the past frame
   nearer the current one is dropped (never worse than no compensation).
 * MOG2 / KNN (:class:`ModelFrame`): OpenCV's models live in fixed pixel
   coordinates, so the roles are reversed: each frame is warped into the
