@@ -51,7 +51,7 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
+    backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = "auto"  # engines.constants.BACKENDS
     device: Literal["cpu", "cuda"] = "cpu"
     #: stop each stream after this many frames
     max_frames: int | None = None
