@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.frame import Frame
 from pipeline.sinks.atomic import commit, partial_path
 
-_OPTIONAL = ("haze_score", "dehaze_applied", "stabilize")
+_OPTIONAL = ("haze_score", "dehaze_applied", "crossings", "stabilize")
 
 
 def _plain(value):
