@@ -25,6 +25,7 @@ COMMANDS = {
     "export": "training.export_cli",
     "build-engine": "engines.cli",
     "quantize": "engines.quantize_cli",
+    "batch": "pipeline.commands.batch",
     "report": "pipeline.commands.report",
 }
 
@@ -102,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stride", type=int, default=5, metavar="N", help="take every N-th frame")
     q.add_argument("--out", default=None, metavar="FILE", help="default: <stem>.int8.onnx beside the input")
     q.add_argument("--manifest", default=None, metavar="FILE", help="default: weights/manifest.json")
+
+    ba = sub.add_parser("batch", help="many inputs, one output set each, on a local process pool or a Ray cluster")
+    ba.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="video file, folder of videos, glob pattern, synthetic: URI or a .txt list of them")
+    ba.add_argument("--output", "-o", required=True, metavar="DIR", help="one folder per input, plus batch.jsonl")
+    ba.add_argument("--config", default=None, metavar="FILE",
+                    help="stages and outputs (default: configs/batch.yaml; its inputs are not used)")
+    ba.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="worker processes or Ray actors (default: CPUs here / in the Ray cluster)")
+    ba.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                    help="run the workers on a Ray cluster (auto: RAY_ADDRESS, a local `ray start`, else a new local instance)")
+    ba.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                    help="Ray: GPUs each worker reserves, may be fractional (default 1 with device cuda, else 0)")
+    ba.add_argument("--retries", type=int, default=1, metavar="N", help="attempts after a failure (default 1)")
+    ba.add_argument("--backend", choices=BACKENDS, default=None)
+    ba.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("report", help="one self-contained HTML page with plots for a run's output folder")
     r.add_argument("output_dir", metavar="OUTPUT_DIR", help="the --output folder of a run")

@@ -77,6 +77,21 @@ def _frame_count(source):
         return None
 
 
+def graph_for(config, nodes, sources) -> Graph:
+    """The graph ``config`` describes over ``nodes``; closes ``sources`` when it cannot be built.
+
+    ``hazeflow batch`` calls this for every input with the same (already set up) nodes.
+    """
+    try:
+        return Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
+                     policy=config.runtime.policy, max_frames=config.runtime.max_frames,
+                     live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+
 def main(args) -> int:
     config = load_config(args.config)
     config = with_overrides(config, inputs=args.input, output=args.output, backend=args.backend,
@@ -85,14 +100,7 @@ def main(args) -> int:
         raise ConfigError("inputs", "no input: give --input URI or list `inputs:` in the config")
     nodes = build_stages(config.stages)
     sources = open_sources(config)
-    try:
-        graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
-                      policy=config.runtime.policy, max_frames=config.runtime.max_frames,
-                      live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s)
-    except BaseException:
-        for s in sources:
-            s.close()
-        raise
+    graph = graph_for(config, nodes, sources)
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     progress = Progress(sources, show, config.runtime.max_frames)
     restore = _sigterm_as_interrupt()
