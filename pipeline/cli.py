@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--json", default=None, metavar="FILE", help="write results as JSON ('-' = stdout)")
     fg.add_argument("--frames", default=None, metavar="A:B",
                     help="score only frames A..B (inclusive) of the temporal ROI; all frames still run")
+    fg.add_argument("--stabilize", choices=("auto", "off"), default="auto",
+                    help="camera-motion compensation of the method (pipeline.stabilize; default auto)")
     dh = evsub.add_parser("dehaze", help="PSNR/SSIM/CIEDE2000 on paired folders")
     dh.add_argument("--hazy", required=True, metavar="DIR")
     dh.add_argument("--clear", required=True, metavar="DIR")
