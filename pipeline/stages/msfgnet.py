@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
 from pipeline.stages.base import Stage
-from pipeline.stages.weights import (check_precision, int8_graph, onnxruntime_runner, resolve_backend,
+from pipeline.stages.weights import (check_precision, int8_graph, model_files, onnxruntime_runner, resolve_backend,
                                      resolve_path, tensorrt_runner, verified_weights)
 
 STRIDE = 4                      # H and W of the network input must be multiples of this
@@ -81,7 +81,7 @@ class MsfgnetStage(Stage):
 
     @dataclass(frozen=True)
     class Config:
-        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends)
+        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends), or a `hazeflow adapt` folder
         torch_weights: str = "weights/msfgnet.pt"  # state_dict (torch backend)
         threshold: float = 0.5                     # fg_prob above this is foreground
         backend: str = "auto"                      # auto | onnxruntime | torch | tensorrt
@@ -146,16 +146,23 @@ class MsfgnetStage(Stage):
 
             self._device_buffer = DeviceFrameBuffer(self.buffer.T)
 
+    def _files(self):
+        """(ONNX graph, state_dict, manifest); ``weights`` may be a folder from ``hazeflow adapt``."""
+        c = self.config
+        return model_files(c.weights, c.torch_weights, c.manifest, "msfgnet")
+
     def _onnxruntime_runner(self):
         c = self.config
-        path = verified_weights(c.weights, c.manifest)
+        onnx, _, manifest = self._files()
+        path = verified_weights(onnx, manifest)
         if c.precision == "int8":
-            path = int8_graph(path, c.manifest)
+            path = int8_graph(path, manifest)
         return self._frames_input(path, onnxruntime_runner(path, threads=c.threads or None, name="msfgnet"))
 
     def _tensorrt_runner(self):
         c = self.config
-        path = verified_weights(c.weights, c.manifest)
+        onnx, _, manifest = self._files()
+        path = verified_weights(onnx, manifest)
         sizes = tuple(working_size(w, h, c.scale) for w, h in TRT_SIZES)
         runner = tensorrt_runner(path, section="stages.msfgnet", device=c.device, precision=c.precision,
                                  batch=self.max_batch, sizes=sizes, name=f"msfgnet.{c.precision}.engine")
@@ -178,12 +185,13 @@ class MsfgnetStage(Stage):
         except ImportError as e:
             raise ConfigError("stages.msfgnet.backend", f"torch backend unavailable ({e})") from None
         c = self.config
-        path = verified_weights(c.torch_weights, c.manifest)
+        _, state_dict, manifest = self._files()
+        path = verified_weights(state_dict, manifest)
         # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
         runner = TorchRunner(TORCH_FACTORY, weights=path, device=c.device, threads=c.threads or None,
                              fp16=c.precision == "fp16", channels_last=c.device == "cuda", stream=self._stream,
                              input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,),
-                             **({} if c.manifest is None else {"manifest": resolve_path(c.manifest)}))
+                             **({} if manifest is None else {"manifest": resolve_path(manifest)}))
         try:
             runner.activate()
         except RunnerError as e:

@@ -34,6 +34,20 @@ def verified_weights(path: str | Path, manifest: str | Path | None = None) -> Pa
         raise WeightsError(e.input, e.cause) from None
 
 
+def model_files(weights: str | Path, torch_weights: str | Path, manifest: str | Path | None,
+                stem: str) -> tuple[str | Path, str | Path, str | Path | None]:
+    """(ONNX graph, state_dict, manifest) of a stage's ``weights`` setting.
+
+    ``weights`` may name a folder, as ``hazeflow adapt`` writes one: it holds
+    ``<stem>.onnx``, ``<stem>.pt`` and their own ``manifest.json``, checked exactly
+    like the shipped files (an explicit ``manifest`` setting still wins).
+    """
+    folder = resolve_path(weights)
+    if not folder.is_dir():
+        return weights, torch_weights, manifest
+    return folder / f"{stem}.onnx", folder / f"{stem}.pt", manifest if manifest is not None else folder / "manifest.json"
+
+
 def onnxruntime_runner(path: Path, *, threads: int | None, name: str):
     """An activated ONNX Runtime runner for a verified graph; an unloadable one is a WeightsError."""
     from engines.onnxruntime.runner import OnnxRuntimeRunner
