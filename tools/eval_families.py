@@ -8,8 +8,9 @@ highway 1450-1700. Validation chooses; test is only reported.
     python tools/eval_families.py --split validation [--weights weights/msfgnet.onnx | DIR]
         [--methods msfgnet,mog2,knn] [--families clean,hard,...] [--json FILE]
 
-Every method sees every frame of a sequence in order from its first (the
-background models need the warm-up); only the split's frames are scored. The
+Every method sees every frame of a sequence in order (synthetic: from frame
+1; highway: from 300 frames before the split's first, the background models'
+warm-up); only the split's frames are scored. The
 highway families need ``../shared/data/foreground/cdnet2014-highway`` and are
 left out with a message where it is absent; ``highway-jitter`` needs
 ``training.data.jitter`` (real highway frames and their labels moved by the same
@@ -36,6 +37,7 @@ from training.data.families import (FAMILIES, HIGHWAY_FRAMES, JITTER_SEED, SEEDS
                                     synthetic_frames)
 
 HIGHWAY = ROOT.parent / "shared" / "data" / "foreground" / "cdnet2014-highway"
+WARMUP = 300   # highway frames fed before the first scored one (MOG2/KNN learn their background)
 
 
 def highway_sequence(split: str, jitter: bool):
@@ -50,6 +52,8 @@ def highway_sequence(split: str, jitter: bool):
     for n, p in seq.frames:
         if n > last:
             break
+        if n < first - WARMUP:
+            continue
         scored = first <= n <= last
         image = read_image(p)
         labels = seq.groundtruth(n) if scored else None
