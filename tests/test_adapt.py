@@ -122,3 +122,35 @@ def test_pseudo_labels_need_all_three_opinions():
     assert (label[4:8, 6:8] == IGNORE).all()        # MOG2 disagrees: ignored
     assert (label[10:12, 10:12] == IGNORE).all()    # the model is unsure: ignored
     assert label[0, 0] == BG and (label == BG).mean() > 0.8
+
+
+def test_interrupted_fine_tuning_resumes_where_it_stopped(tmp_path):
+    import time
+
+    import torch
+
+    from training.adapt import FG, IGNORE, AdaptSettings, fine_tune
+    from training.models.msfgnet import MSFgNet
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 255, (40, 32, 32), dtype=np.uint8)
+    labels = np.where(rng.random((10, 32, 32)) < 0.1, FG, IGNORE).astype(np.uint8)
+    numbers = np.arange(30, 40)
+    forever = time.monotonic() + 3600
+    torch.manual_seed(0)
+    base = MSFgNet()
+
+    def run(iterations, state, resume):
+        model = MSFgNet()
+        model.load_state_dict(base.state_dict())
+        s = AdaptSettings(iterations=iterations, batch=2, crop=32)
+        return model, fine_tune(model, grey, numbers, labels, 2, s, state, forever, seed=1, resume=resume,
+                                progress=False)
+
+    straight, _ = run(4, tmp_path / "a.pt", resume=False)
+    run(2, tmp_path / "b.pt", resume=False)                     # "interrupted" after 2 steps
+    resumed, info = run(4, tmp_path / "b.pt", resume=True)
+    assert info == {**info, "iterations": 4, "resumed_at": 2}
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
