@@ -74,11 +74,18 @@ def family_sequences(family: str, split: str):
     return [((im, lab, sc, None) for im, lab, sc in synthetic_frames(family, s)) for s in SEEDS[split]]
 
 
-def score_family(method: str, family: str, split: str, weights: str | None) -> dict[str, float]:
+def score_family(method: str, family: str, split: str, weights: str | None,
+                 stabilize: str | None = None) -> dict[str, float]:
     """Confusion summed over the family's sequences -> CDnet metrics, plus frames/s of the method."""
     options = {"weights": weights} if method == "msfgnet" and weights else {}
+    if stabilize is not None:
+        options["stabilize"] = stabilize
     confusion, busy, count = Confusion(), 0.0, 0
-    with build_stage(method, **options) as stage:
+    stage = build_stage(method, **options)
+    compensation = getattr(stage.config, "stabilize", "absent (no camera-motion compensation in this checkout)")
+    if stabilize is not None and compensation != stabilize:
+        raise SystemExit(f"eval_families: --stabilize {stabilize}: stage {method} has no such setting")
+    with stage:
         for k, frames in enumerate(family_sequences(family, split)):
             name = f"{family}-{k}"
             stage.reset_stream(name)
@@ -92,6 +99,7 @@ def score_family(method: str, family: str, split: str, weights: str | None) -> d
             stage.reset_stream(name)
     metrics = confusion.metrics()
     metrics["fps"] = count / busy if busy else math.nan
+    metrics["stabilize"] = compensation
     return metrics
 
 
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="msfgnet,mog2,knn")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--weights", default=None, help="msfgnet: manifest-listed ONNX graph or a `hazeflow adapt` folder")
+    p.add_argument("--stabilize", choices=("auto", "off"), default=None,
+                   help="camera-motion compensation of every stage (default: the stages' own default)")
     p.add_argument("--json", default=None, metavar="FILE")
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for family in families:
         results[family] = {}
         for method in methods:
-            results[family][method] = score_family(method, family, args.split, args.weights)
+            results[family][method] = score_family(method, family, args.split, args.weights, args.stabilize)
             m = results[family][method]
             print(f"{args.split} {family:15s} {method:8s} F {m['F-measure']:.4f} "
                   f"(P {m['Precision']:.3f} R {m['Recall']:.3f}) {m['fps']:.0f} frames/s", file=sys.stderr, flush=True)

@@ -21,7 +21,9 @@
    the stage's stride. Checkpoint every 25 iterations in ``OUT/.adapt/``;
    ``--resume`` continues from it (the pseudo-labels are cached there too).
 5. **Self-check on the held-back part**, base against adapted (docs/models.md,
-   protocol rule 3): agreement F with the confident pseudo-labels, the
+   protocol rule 3): agreement F with the confident pseudo-labels of the
+   held-back frames (made by the median and MOG2 alone: a model that voted
+   would agree with itself by construction), the
    false-positive rate on frames the pseudo-labels call empty, and the flicker
    of the mask on background pixels between consecutive frames. The adapted
    model is kept only when it is better; otherwise the base model is written.
@@ -145,16 +147,23 @@ def median_votes(grey: np.ndarray, t: int, s: AdaptSettings) -> tuple[np.ndarray
     return diff > s.diff_high * noise, diff < s.diff_low * noise
 
 
-def pseudo_labels(grey: np.ndarray, numbers: np.ndarray, model_prob: np.ndarray, mog: dict[int, np.ndarray],
+def pseudo_labels(grey: np.ndarray, numbers: np.ndarray, model_prob: np.ndarray | None, mog: dict[int, np.ndarray],
                   s: AdaptSettings) -> np.ndarray:
-    """(len(numbers), h, w) uint8 labels: 255 all agree moving, 0 all agree static, 170 otherwise."""
+    """(len(numbers), h, w) uint8 labels: 255 all agree moving, 0 all agree static, 170 otherwise.
+
+    ``model_prob`` None leaves the model's vote out: the held-back labels that judge
+    the models must not contain either model's opinion (the base would agree with
+    itself by construction).
+    """
     ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * s.ring + 1, 2 * s.ring + 1))
     out = np.empty((len(numbers), *grey.shape[1:]), np.uint8)
     for k, t in enumerate(numbers):
         med_fg, med_bg = median_votes(grey, int(t), s)
         mog_fg = mog[int(t)] > 127
-        fg = med_fg & mog_fg & (model_prob[k] > s.model_high)
-        bg = med_bg & ~mog_fg & (model_prob[k] < s.model_low)
+        fg, bg = med_fg & mog_fg, med_bg & ~mog_fg
+        if model_prob is not None:
+            fg &= model_prob[k] > s.model_high
+            bg &= model_prob[k] < s.model_low
         label = np.full(fg.shape, IGNORE, np.uint8)
         label[bg] = BG
         if s.ring and fg.any():
@@ -330,11 +339,9 @@ def main(args) -> int:
         if len(grey) == 0:
             raise SourceError(uri_shown, "no frames read")
         train_n, check_n = split_numbers(len(grey), s, frames_needed)
-        numbers = np.concatenate([train_n, check_n])
-        probs = predict(base, grey, numbers, stride_of(stage))
-        mog = mog2_votes(grey, set(int(n) for n in numbers))
-        labels = pseudo_labels(grey, numbers, probs, mog, s)
-        train_l, check_l = labels[:len(train_n)], labels[len(train_n):]
+        mog = mog2_votes(grey, set(int(n) for n in np.concatenate([train_n, check_n])))
+        train_l = pseudo_labels(grey, train_n, predict(base, grey, train_n, stride_of(stage)), mog, s)
+        check_l = pseudo_labels(grey, check_n, None, mog, s)   # judges both models: neither votes
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / "pseudo.tmp.npz"
         np.savez(tmp, grey=grey, train_n=train_n, train_l=train_l, check_n=check_n, check_l=check_l, fps=fps)
