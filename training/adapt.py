@@ -355,6 +355,8 @@ def main(args) -> int:
     base_check = self_check(predict(base, grey, check_n, stride_of(stage)), check_l, stage.threshold, s)
     adapted_check = self_check(predict(model, grey, check_n, stride_of(stage)), check_l, stage.threshold, s)
     keep, why = adapted_is_better(base_check, adapted_check, s)
+    if trained["iterations"] == trained["resumed_at"] == 0:
+        keep, why = False, "the time budget ran out before fine-tuning started (raise --budget-s)"
     chosen = model if keep else base
     report = {
         "input": uri_shown, "frames": int(len(grey)), "fps": fps, "working_size": list(grey.shape[:0:-1]),
