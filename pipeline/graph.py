@@ -158,12 +158,16 @@ class StageStats:
     calls: int = 0
     busy_s: float = 0.0
     latency_s: LatencyWindow = field(default_factory=LatencyWindow)  # duration of the call each frame was in
+    engine: dict | None = None  # a learned stage's engine_info: backend, precision, how it was chosen, parity
 
     def as_dict(self) -> dict:
         d = latency_stats(self.latency_s.values())
-        return {"frames": self.frames, "calls": self.calls,
-                "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
-                "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "mean_ms": d["mean_ms"]}
+        out = {"frames": self.frames, "calls": self.calls,
+               "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
+               "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "mean_ms": d["mean_ms"]}
+        if self.engine:
+            out["engine"] = self.engine
+        return out
 
 
 @dataclass
@@ -271,7 +275,9 @@ class Graph:
         live = {s.name for s in self.streams.values() if s.live}
         names = [n.name for n in self.nodes] + ["sinks"]
         self._queues = [FrameQueue(self.queue_size, name=n, live_streams=live) for n in names]
-        outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint)
+        # segments follow the input (RTSP or `live: true`), not the queue policy
+        live_inputs = {s.name: self.live_override.get(s.name, bool(getattr(s, "is_live", False))) for s in self._sources}
+        outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint, live=live_inputs[name])
                    for name, s in self.streams.items()}
         self._outputs = outputs
 
@@ -382,6 +388,7 @@ class Graph:
                 cuda = CudaLink(stage) if CudaLink.wanted(stage) else None
                 host = HostSide() if cuda is None else None
                 stage.setup()
+                stats.engine = getattr(stage, "engine_info", None)
             except Exception as e:
                 self._record(_as_stage_error(node.name, e, "setup"))
                 self._discard(q_in.abandon(), REASON_STAGE_ERROR)

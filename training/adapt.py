@@ -51,7 +51,7 @@ from pipeline.cdnet import Confusion
 from pipeline.errors import ConfigError, SourceError
 from pipeline.sources import mask_credentials, open_source
 from pipeline.stages.msfgnet import MsfgnetStage, grey_small, working_size
-from pipeline.stages.weights import model_files, resolve_path, verified_weights
+from pipeline.stages.base import resolve_path
 from training.common import load_checkpoint, save_checkpoint
 from training.losses.segmentation import foreground_loss
 from training.models.msfgnet import MSFgNet, MsfgnetSpec
@@ -278,13 +278,17 @@ def load_base(weights: str) -> tuple[MSFgNet, dict]:
     ``weights`` is what the stage's ``weights`` names: an ONNX graph (its state_dict
     ``.pt`` lies beside it, as in ``weights/``) or a folder written by this command.
     """
-    from engines.weights import MANIFEST, load_manifest
+    from engines import weights as manifests
+    from pipeline.errors import WeightsError
 
-    onnx, state_dict, manifest = model_files(weights, "", None, "msfgnet")
+    onnx, pt, manifest = MsfgnetStage(MsfgnetStage.Config(weights=str(weights))).weight_files()
     if not resolve_path(weights).is_dir():
-        state_dict = Path(onnx).with_suffix(".pt")
-    path = verified_weights(state_dict, manifest)
-    entry = load_manifest(resolve_path(manifest) if manifest else MANIFEST)["files"][path.name]
+        pt = onnx.with_suffix(".pt")
+    try:
+        path = manifests.verified_path(pt, manifest)
+    except manifests.WeightsError as e:
+        raise WeightsError(e.input, e.cause) from None
+    entry = manifests.load_manifest(manifest)["files"][path.name]
     model = MSFgNet(MsfgnetSpec(**entry.get("spec", {})))
     model.load_state_dict(load_checkpoint(path))
     return model.eval(), {"file": str(path), "sha256": entry["sha256"]}
