@@ -632,6 +632,7 @@ class Graph:
             "source_events": list(getattr(source, "events", []) or []),
             "interrupted": self.interrupted,
             "outputs": sorted(str(p.relative_to(out.folder)) for p in out.paths()),
+            **out.summaries(),  # e.g. "analytics": totals and time bins
         }
 
 
