@@ -30,22 +30,22 @@ def test_bench_runs_the_run_commands_graph_with_every_output(tmp_path):
     (run,) = result["runs"]
     assert run["resolution"] == "160x96" and run["streams"] == 2 and run["backend"] == "auto"
     # the default config's learned chain, each stage with what it resolved to; nothing substituted
-    assert [c["stage"] for c in run["chain"]] == ["dehaze", "msfgnet", "blobs"]
+    assert [c["stage"] for c in run["chain"]] == ["dehaze", "msfgnet", "blobs", "analytics"]
     # auto on the CPU: ONNX Runtime, or OpenVINO where it is faster and passes parity (engines.load)
     assert run["chain"][0]["method"] == "rigan" and run["chain"][0]["backend"] in ("onnxruntime", "openvino")
     assert run["chain"][1]["precision"] == "fp32"
     e, b = run["end_to_end"], run["baseline"]
     assert e["frames"] == b["frames"] == 20 and e["fps"] > 0 and b["fps"] > 0
     assert 0 < e["p50_ms"] <= e["p99_ms"]
-    assert e["stages"] == ["decode", "dehaze", "msfgnet", "blobs", "sinks"]
+    assert e["stages"] == ["decode", "dehaze", "msfgnet", "blobs", "analytics", "sinks"]
     assert e["dehazed_frames"] == 20  # haze on every frame, dehazed on every frame (when: always)
     assert e["network_runs"] == {"dehaze": 2 * 3}  # per stream: frames 1, 5, 9 (refresh_every 4, one scene)
-    assert b["name"] == "decode+dcp+mog2+blobs+encode" and b["stages"][1:3] == ["dcp", "mog2"]
+    assert b["name"] == "decode+dcp+mog2+blobs+analytics+encode" and b["stages"][1:3] == ["dcp", "mog2"]
     assert run["ratio_to_baseline"] == pytest.approx(e["fps"] / b["fps"], rel=1e-2)
-    for name in ("decode", "dehaze", "msfgnet", "blobs", "sinks"):
+    for name in ("decode", "dehaze", "msfgnet", "blobs", "analytics", "sinks"):
         stage = run["stages"][name]
         assert stage["fps"] > 0 and 0 < stage["p50_ms"] <= stage["p99_ms"] and stage["frames"] == 20, (name, stage)
-    assert run["outputs"] == ["dehazed.mp4", "events.jsonl", "masks", "preview.mp4", "summary.json"]
+    assert run["outputs"] == ["analytics.csv", "dehazed.mp4", "events.jsonl", "masks", "preview.mp4", "summary.json"]
 
     # `hazeflow run` with the same config on the same kind of clip leaves the same files
     from pipeline.commands.bench import render_frames, write_clip
@@ -55,7 +55,7 @@ def test_bench_runs_the_run_commands_graph_with_every_output(tmp_path):
     assert sorted(set(_files(tmp_path / "run" / "clip"))) == run["outputs"]
 
     text = md.read_text()
-    assert text.startswith("# Benchmarks\n") and "| **baseline** (decode+dcp+mog2+blobs+encode) |" in text
+    assert text.startswith("# Benchmarks\n") and "| **baseline** (decode+dcp+mog2+blobs+analytics+encode) |" in text
     assert "backend auto, precision fp32" in text and "dehaze (rigan onnxruntime fp32" in text
 
 
