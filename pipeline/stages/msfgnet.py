@@ -90,7 +90,7 @@ class MsfgnetStage(LearnedStage):
 
     @dataclass(frozen=True)
     class Config:
-        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends)
+        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends), or a `hazeflow adapt` folder
         torch_weights: str = "weights/msfgnet.pt"  # state_dict (torch backend)
         threshold: float = 0.5                     # fg_prob above this is foreground
         backend: str = "auto"                      # auto | onnxruntime | openvino | torch | tensorrt
