@@ -21,7 +21,7 @@ from pipeline import cli
 from pipeline.config import InputConfig, MetricsConfig, OutputsConfig, RuntimeConfig, _coerce, load_config
 from pipeline.errors import ConfigError
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 VALID = """\
 inputs:
