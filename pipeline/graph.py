@@ -221,16 +221,14 @@ class Graph:
         """
         self._sources = list(sources)
         self._register_streams()
+        self.observer.start()
         live = {s.name for s in self.streams.values() if s.live}
         names = [n.name for n in self.nodes] + ["sinks"]
         self._queues = [FrameQueue(self.queue_size, name=n, live_streams=live) for n in names]
-        self.observer.start(self._queues)
         outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint)
                    for name, s in self.streams.items()}
-        for name, out in outputs.items():
-            if hasattr(out, "on_segment"):  # segmented sinks report each file they close
-                out.on_segment = lambda kind, path=None, _n=name: self.observer.segment_written(_n, kind, path)
         self._outputs = outputs
+        self.observer.watch(self._queues, outputs)
 
         ready = [threading.Event() for _ in self.nodes]
         workers = [threading.Thread(target=self._stage_worker, name=f"stage-{n.name}",

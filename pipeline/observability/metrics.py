@@ -47,7 +47,8 @@ class ObserverCollector:
         reconnects = CounterMetricFamily(f"{PREFIX}_reconnects", "Reconnections of a live input", labels=["stream"])
         stalls = CounterMetricFamily(f"{PREFIX}_stalls", "Times a live input sent nothing for its stall timeout",
                                      labels=["stream"])
-        segments = CounterMetricFamily(f"{PREFIX}_segment_files", "Segment files written", labels=["stream", "kind"])
+        segments = CounterMetricFamily(f"{PREFIX}_segments", "Output segments started (video, preview and events "
+                                       "files of one time span)", labels=["stream"])
         since = GaugeMetricFamily(f"{PREFIX}_seconds_since_last_frame", "Seconds since the input's last frame",
                                   labels=["stream"])
         stalled = GaugeMetricFamily(f"{PREFIX}_stream_stalled", "1 while the input is stalled", labels=["stream"])
@@ -59,7 +60,7 @@ class ObserverCollector:
         with ob.lock:
             streams = list(ob.streams.values())
             rows = [(s.name, s.input, s.live, s.frames_in, s.processed, dict(s.dropped), s.stalls,
-                     s.stalled_since is not None, dict(s.segments), s.dehaze_applied, s.haze_score,
+                     s.stalled_since is not None, ob.segments(s.name), s.dehaze_applied, s.haze_score,
                      s.t_last_in) for s in streams]
         for (name, input_, live, fin, done, drops, n_stalls, is_stalled, segs, applied, hscore, last) in rows:
             frames_in.add_metric([name], fin)
@@ -73,8 +74,7 @@ class ObserverCollector:
             reconnects.add_metric([name], getattr(source, "reconnects", 0) or 0)
             stalls.add_metric([name], n_stalls)
             stalled.add_metric([name], 1.0 if is_stalled else 0.0)
-            for kind, n in segs.items():
-                segments.add_metric([name, kind], n)
+            segments.add_metric([name], segs)
             ref = last if last is not None else ob.t0
             if ref is not None:
                 since.add_metric([name], now - ref)

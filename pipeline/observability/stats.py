@@ -77,7 +77,6 @@ class StreamStats:
     failed: bool = False  # the reader returned with an error
     stalls: int = 0
     stalled_since: float | None = None
-    segments: Counter = field(default_factory=Counter)  # kind -> segment files written
     dehaze_applied: bool | None = None  # the haze gate's last decision
     haze_score: float | None = None
     logged_drops: Counter = field(default_factory=Counter)  # drops already reported in a log line
@@ -144,6 +143,7 @@ class Observer:
         self.first_error: PipelineError | None = None
         self.interrupted = False
         self.queues: list = []
+        self.outputs: dict = {}  # stream -> StreamOutputs (segment counts)
         self.sources: dict[str, object] = {}
         self.t0: float | None = None
         self.finished = False
@@ -159,9 +159,13 @@ class Observer:
                 self.sources[name] = source
         return stats
 
-    def start(self, queues=()) -> None:
+    def start(self) -> None:
         self.t0 = time.monotonic()
+
+    def watch(self, queues, outputs: dict) -> None:
+        """The graph's queues (depths, waits, drops) and per-stream outputs (segment counts)."""
         self.queues = list(queues)
+        self.outputs = dict(outputs)
 
     # ------------------------------------------------------------ events from the graph
     def frame_in(self, stream: str, now: float) -> int:
@@ -203,10 +207,9 @@ class Observer:
         with self.lock:
             self.streams[stream].dropped[reason] += n
 
-    def segment_written(self, stream: str, kind: str, path=None) -> None:
-        """A sink closed one segment file of ``kind`` (``dehazed``, ``preview``, ``events``)."""
-        with self.lock:
-            self.streams[stream].segments[kind] += 1
+    def segments(self, stream: str) -> int:
+        """Segments the stream's outputs started so far (0 when they write one file per input)."""
+        return int(getattr(self.outputs.get(stream), "segments", 0) or 0)
 
     def error(self, error: PipelineError, stream: str | None = None) -> None:
         entry = {"where": error.input, "error": error.cause, "type": type(error).__name__}
