@@ -2,9 +2,9 @@
 
 Top-level keys of a config file::
 
-    inputs:  [URI, ...]  or  [{uri: URI, name: NAME, live: BOOL, options: {...}}, ...]
+    inputs:  [URI, ...]  or  [{uri: URI, name: NAME, live: BOOL, options: {...}, stall_timeout_s: S}, ...]
     output:  DIR
-    runtime: {backend, device, max_frames, queue_size, policy}
+    runtime: {backend, device, max_frames, queue_size, policy, summary_interval_s, metrics: {port, host}}
     stages:  [{STAGE_NAME: {stage keys..., batch: N, batch_timeout_ms: MS}}, ...]
     outputs: {dehazed_video, masks, preview, events, codec, crf, preview_scale}
 

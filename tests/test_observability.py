@@ -245,3 +245,29 @@ def test_a_hung_camera_does_not_slow_the_others(tmp_path):
         # 100 frames paced at 20 ms: about 2 s of camera; a blocked graph would add the 2 s pause
         assert s["fps"] > 35, s["fps"]
     assert report.streams["hung"]["stalls"] == 1 and time.monotonic() - t0 < 6
+
+
+def test_hazeflow_run_serves_metrics_while_running_and_frees_the_port(tmp_path, capsys):
+    from pipeline import cli
+
+    config = tmp_path / "live.yaml"
+    config.write_text(json.dumps({
+        "inputs": [{"uri": "synthetic:traffic?size=96x64&frames=40&seed=3", "name": "cam", "live": True}],
+        "output": str(tmp_path / "out"), "stages": [{"mog2": {}}, {"blobs": {}}],
+        "outputs": {"preview": False, "masks": False},
+        "runtime": {"metrics": {"port": 0}, "summary_interval_s": 0}}))
+    try:
+        status = cli.main(["run", str(config), "--no-progress", "--log-format", "json"])
+    finally:
+        configure_logging("text")
+    err = capsys.readouterr().err.splitlines()
+    assert status == 0, err
+    lines = [json.loads(x) for x in err if x.startswith("{")]
+    served = [e for e in lines if e["event"] == "metrics"]
+    assert len(served) == 1 and served[0]["logger"] == "hazeflow.metrics"
+    url = served[0]["message"].split()[2]  # "metrics on http://127.0.0.1:PORT/metrics (...)"
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    with pytest.raises(urllib.error.URLError):  # closed with the run
+        urllib.request.urlopen(url, timeout=2)
+    summary = json.loads((tmp_path / "out" / "cam" / "summary.json").read_text())
+    assert summary["live"] and summary["stalls"] == 0 and summary["frames"]["in"] == 40
