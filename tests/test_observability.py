@@ -271,3 +271,45 @@ def test_hazeflow_run_serves_metrics_while_running_and_frees_the_port(tmp_path, 
         urllib.request.urlopen(url, timeout=2)
     summary = json.loads((tmp_path / "out" / "cam" / "summary.json").read_text())
     assert summary["live"] and summary["stalls"] == 0 and summary["frames"]["in"] == 40
+
+
+class GateStage(MaskStage):
+    """MaskStage that also records a haze-gate decision, as the dehaze stage does."""
+
+    def process(self, frames):
+        for f in frames:
+            f.data["haze_score"] = 0.01 * f.index
+            f.data["dehaze_applied"] = f.index % 2 == 0
+        return super().process(frames)
+
+
+def test_a_reset_marker_survives_a_saturated_live_graph(tmp_path):
+    class Resetting(ListSource):
+        def __iter__(self):
+            for f in super().__iter__():
+                if f.index in (20, 60):
+                    f.data["stream_reset"] = "reconnect"
+                yield f
+
+    stage = GateStage(delay=0.03)  # far slower than the camera: most frames are dropped
+    g = graph(tmp_path, [StageNode(stage, "testmask")], queue_size=2, outputs=NO_VIDEO)
+    with MetricsServer(g.observer, port=0) as server:
+        report = g.run([Resetting("cam", 100, live=True, interval=0.002)])
+        m = samples(get(server.url + "/metrics")[1])
+    assert report.streams["cam"]["frames"]["dropped"] > 50
+    assert stage.resets == ["cam", "cam"]  # both markers reached the stage, each before a later frame
+    cam = frozenset({("stream", "cam")})
+    last = max(i for b in stage.batches for _, i in b)
+    assert m[("hazeflow_dehaze_active", cam)] == float(last % 2 == 0)
+    assert m[("hazeflow_haze_score", cam)] == pytest.approx(0.01 * last)
+
+
+def test_a_flooding_camera_does_not_take_its_neighbours_frames(tmp_path):
+    flood = ListSource("flood", 1500, live=True, interval=0.001)  # up to 1000 frames/s
+    calm = [ListSource(n, 40, live=True, interval=0.04) for n in ("a", "b")]  # 25 frames/s each
+    report = graph(tmp_path, [StageNode(MaskStage(delay=0.005), "testmask", batch=4, batch_timeout_ms=2)],
+                   queue_size=4, outputs=NO_VIDEO).run([flood] + calm)
+    assert report.streams["flood"]["frames"]["dropped"] > 100
+    for n in "ab":
+        f = report.streams[n]["frames"]
+        assert f["processed"] == 40 and f["dropped"] == 0, (n, f)
