@@ -138,6 +138,10 @@ def quantize_qdq(
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
+        # 7-bit weights: ONNX Runtime's u8s8 kernels on CPUs without VNNI (AVX2/AVX-512F) multiply
+        # with VPMADDUBSW, whose int16 sums saturate with full-range weights; a graph made on one
+        # CPU must stay within parity on any other, so the range is always reduced.
+        reduce_range=not symmetric,
         calibrate_method=methods[method],
         # TensorRT reads int8 Q/DQ only: biases stay float (ORT would make them int32 Q/DQ pairs)
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
