@@ -14,7 +14,7 @@ def test_short_soak_writes_rows_and_a_table(tmp_path):
                       "outputs: {masks: false, preview: false}\n")
     out, table = tmp_path / "soak.json", tmp_path / "bench.md"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "soak.py"), "--config", str(config), "--frames", "90",
-                        "--every", "30", "--fps", "60", "--size", "160x120", "--output", str(tmp_path / "out"),
+                        "--every", "15", "--fps", "25", "--size", "160x120", "--output", str(tmp_path / "out"),
                         "--json", str(out), "--markdown", str(table)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())
