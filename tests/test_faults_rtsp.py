@@ -267,3 +267,25 @@ def test_slow_sink_drops_and_memory_stays_bounded(tmp_path):
     # a queued frame is 0.66 MiB; an unbounded backlog would grow by about 250 MiB in 4 s
     assert growth < 60, f"RSS grew {growth:.0f} MiB after warm-up"
     record("slow sink", frames_in=f["in"], dropped=f["dropped"], rss_growth_after_warmup_mib=growth)
+
+
+def test_a_requested_reconnect_drops_the_connection_and_resets_the_stream():
+    """What the stall watchdog asks of a camera that keeps its socket busy but sends no pictures."""
+    server = RtspServer(fps=25, size="160x120").start()
+    try:
+        with open_source(server.url, name="cam", **FAST) as source:
+            frames = [next(source) for _ in range(5)]
+            source.request_reconnect("stall")
+            t0 = time.monotonic()
+            for frame in source:
+                frames.append(frame)
+                if frame.data.get("stream_reset"):
+                    break
+            took = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert [e["kind"] for e in source.events] == ["disconnect", "reconnect"] and source.reconnects == 1
+    assert "reconnect requested (stall)" in source.events[0]["message"]
+    assert frames[-1].data["stream_reset"] == "reconnect"
+    assert [f.index for f in frames] == list(range(1, len(frames) + 1))
+    record("reconnect requested by the watchdog", request_to_new_frames_s=took)
