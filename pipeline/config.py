@@ -6,7 +6,8 @@ Top-level keys of a config file::
     output:  DIR
     runtime: {backend, device, max_frames, queue_size, policy, summary_interval_s, metrics: {port, host}}
     stages:  [{STAGE_NAME: {stage keys..., batch: N, batch_timeout_ms: MS}}, ...]
-    outputs: {dehazed_video, masks, preview, events, codec, crf, preview_scale}
+    outputs: {dehazed_video, masks, preview, events, codec, crf, preview_scale,
+              segment_s, keep_hours, max_disk_gb}
 
 Relative paths (inputs, output) are relative to the current directory, as on
 the command line; the shipped configs assume the repository root.
@@ -104,10 +105,23 @@ class OutputsConfig:
     crf: int = 23
     #: preview.mp4 is three panels side by side; scale them down by this factor
     preview_scale: float = 1.0
+    #: seconds per segment file (pipeline/sinks/segments.py); null = 300 for live inputs, 0 for files;
+    #: 0 = one file per input (dehazed.mp4, preview.mp4, events.jsonl)
+    segment_s: float | None = None
+    #: delete segments older than this many hours (null = keep all)
+    keep_hours: float | None = None
+    #: delete the oldest segments while the segments under the output folder exceed this (null = no limit)
+    max_disk_gb: float | None = None
 
     def __post_init__(self):
         if not 0 < self.preview_scale <= 1:
             raise ConfigError("outputs.preview_scale", f"must be in (0, 1], got {self.preview_scale}")
+        if self.segment_s is not None and not (self.segment_s == 0 or 1 <= self.segment_s < float("inf")):
+            raise ConfigError("outputs.segment_s", f"must be 0 (one file per input) or >= 1 seconds, got {self.segment_s}")
+        for key in ("keep_hours", "max_disk_gb"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"outputs.{key}", f"must be > 0 or null (no limit), got {value}")
         if not 0 <= self.crf <= 51:
             raise ConfigError("outputs.crf", f"must be in [0, 51], got {self.crf}")
 

@@ -225,7 +225,9 @@ class Graph:
         live = {s.name for s in self.streams.values() if s.live}
         names = [n.name for n in self.nodes] + ["sinks"]
         self._queues = [FrameQueue(self.queue_size, name=n, live_streams=live) for n in names]
-        outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint)
+        # segments follow the input (RTSP or `live: true`), not the queue policy
+        live_inputs = {s.name: self.live_override.get(s.name, bool(getattr(s, "is_live", False))) for s in self._sources}
+        outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint, live=live_inputs[name])
                    for name, s in self.streams.items()}
         self._outputs = outputs
         self.observer.watch(self._queues, outputs)

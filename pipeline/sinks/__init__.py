@@ -3,9 +3,16 @@
 ``dehazed.mp4``, ``masks/binNNNNNN.png``, ``preview.mp4``, ``events.jsonl`` and
 ``summary.json``. Every file is written under a hidden partial name and renamed
 when complete (``pipeline.sinks.atomic``).
+
+With ``outputs.segment_s > 0`` (the default for live streams) the same outputs
+are cut into segments named by their UTC start, ``dehazed/<stem>.mp4``,
+``preview/<stem>.mp4``, ``events/<stem>.jsonl`` and ``masks/<stem>/``; the open
+one carries ``.open`` in its name (``pipeline.sinks.segments``).
 """
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 
@@ -14,8 +21,11 @@ from pipeline.sinks.atomic import inside, safe_name
 from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
 from pipeline.sinks.preview import PreviewSink
+from pipeline.sinks.segments import Retention, Segment, SegmentClock, leftover_open_files, segment_length
 from pipeline.sinks.summary import write_json_atomic
 from pipeline.sinks.video import DehazedVideoSink
+
+log = logging.getLogger("hazeflow.sinks")
 
 __all__ = ["StreamOutputs", "safe_name", "inside", "write_json_atomic"]
 
@@ -26,9 +36,16 @@ class StreamOutputs:
     Sinks are opened lazily on the first frame (a stream that never delivers a
     frame leaves only its summary). ``close`` finalises every sink even when one
     fails and re-raises the first failure.
+
+    ``live`` picks the default of ``outputs.segment_s`` (300 s for live
+    streams, one file per input otherwise) and the segment clock (wall clock
+    for live streams, the frames' pts for files). In segment mode every sink is
+    closed and reopened together at a cut, so a closed segment's video holds
+    exactly the frames its events file lists; a change of picture size (a
+    camera reconfigured) also starts a new segment, at the new size.
     """
 
-    def __init__(self, root: Path, stream: str, outputs, fps: float = 25.0):
+    def __init__(self, root: Path, stream: str, outputs, fps: float = 25.0, live: bool = False):
         self.stream = stream
         self.folder = inside(root, safe_name(stream))
         self.outputs = outputs
@@ -36,39 +53,88 @@ class StreamOutputs:
         self.sinks: list = []
         self.frames = 0
         self._opened = False
+        self.segment_s = segment_length(outputs, live)
+        self.segment: Segment | None = None  # the open one
+        self.segments = 0  # opened so far
+        self._segment_frames = 0
+        self._size = None  # (h, w) of the open segment's frames
+        self._clock = SegmentClock(self.segment_s, live) if self.segment_s > 0 else None
+        self._retention = Retention.shared(Path(root), getattr(outputs, "keep_hours", None),
+                                           getattr(outputs, "max_disk_gb", None))
 
-    def _open(self) -> None:
+    def _open(self, segment: Segment | None = None) -> None:
         o = self.outputs
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.sinks = []
         if o.dehazed_video:
-            self.sinks.append(DehazedVideoSink(self.folder, o.codec, o.crf, self.fps))
+            self.sinks.append(DehazedVideoSink(self.folder, o.codec, o.crf, self.fps, segment=segment))
         if o.masks:
-            self.sinks.append(MaskSink(self.folder))
+            self.sinks.append(MaskSink(self.folder, segment=segment))
         if o.preview:
-            self.sinks.append(PreviewSink(self.folder, o.codec, o.crf, self.fps, o.preview_scale))
+            self.sinks.append(PreviewSink(self.folder, o.codec, o.crf, self.fps, o.preview_scale, segment=segment))
         if o.events:
-            self.sinks.append(EventsSink(self.folder))
+            self.sinks.append(EventsSink(self.folder, segment=segment))
         self._opened = True
 
     def write(self, frame) -> None:
-        if not self._opened:
+        if self._clock is not None:
+            # a new picture size starts a new segment: an MP4 track keeps one size
+            if self._clock.due(self._segment_time(frame)) or frame.image.shape[:2] != self._size:
+                self._size = frame.image.shape[:2]
+                self._rotate()
+        elif not self._opened:
             self._open()
         data_to_host(frame.data)  # a no-op after the graph's HostSide; here for callers outside the graph
         for sink in self.sinks:
             sink.write(frame)
         self.frames += 1
+        self._segment_frames += 1
+
+    def _segment_time(self, frame) -> float:
+        if self._clock.live:
+            return time.time()
+        return frame.pts if frame.pts is not None else self.frames / self.fps
+
+    def _rotate(self) -> None:
+        """Close the open segment (its files get their final names) and open the next one."""
+        self._close_sinks()
+        if self.segments == 0:
+            for path in leftover_open_files(self.folder):
+                log.warning("%s: %s was left open by a run that did not finish; it plays up to its last "
+                            "fragment and keeps its name", self.stream, path.relative_to(self.folder))
+        segment = Segment.new(self.folder, time.time())
+        segment.mark_open()
+        self.segment = segment
+        self.segments += 1
+        self._segment_frames = 0
+        self._retention.request()
+        self._open(segment)
+        log.info("%s: segment %s opened", self.stream, segment.stem)
 
     def close(self) -> None:
+        try:
+            self._close_sinks()
+        finally:
+            self._retention.join(timeout=60)  # a sweep still deleting is finished, not cut short by the exit
+
+    def _close_sinks(self) -> None:
         first = None
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as e:  # finalise the others before reporting
                 first = first or e
+        if self.segment is not None:
+            self.segment.mark_closed()
+            log.info("%s: segment %s closed, %d frames", self.stream, self.segment.stem, self._segment_frames)
+            self.segment = None
         if first is not None:
             raise first
 
     def paths(self) -> list[Path]:
+        """Files written (one file per input), or the folders of the segments."""
+        if self._clock is not None:
+            return [self.folder / sink.kind for sink in self.sinks if (self.folder / sink.kind).exists()]
         out = []
         for sink in self.sinks:
             out.extend(sink.paths)

@@ -43,12 +43,26 @@ def event_record(frame: Frame) -> dict:
 
 
 class EventsSink:
-    filename = "events.jsonl"
+    """``events.jsonl``, or in a segment ``events/<stem>.open.jsonl`` renamed to ``<stem>.jsonl`` on close.
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / self.filename
-        self._partial = partial_path(self.path)
-        self._file = open(self._partial, "w", encoding="utf-8")
+    A segment's file is line-buffered: every line reaches the file as the frame
+    is written, so the open file is valid JSONL up to its last line at any time
+    (also after ``kill -9``).
+    """
+
+    filename = "events.jsonl"
+    kind = "events"  # folder of its segments
+
+    def __init__(self, folder: Path, *, segment=None):
+        if segment is None:
+            self.path = Path(folder) / self.filename
+            self._partial = partial_path(self.path)
+            self._file = open(self._partial, "w", encoding="utf-8")
+        else:
+            self.path = segment.final(self.kind)
+            self._partial = segment.open(self.kind)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._partial, "w", encoding="utf-8", buffering=1)
         self._encoder = json.JSONEncoder(default=_plain, separators=(",", ":"), allow_nan=False)
         self.lines = 0
 
@@ -57,8 +71,7 @@ class EventsSink:
         return [self.path]
 
     def write(self, frame: Frame) -> None:
-        self._file.write(self._encoder.encode(event_record(frame)))
-        self._file.write("\n")
+        self._file.write(self._encoder.encode(event_record(frame)) + "\n")  # one write: never half a line
         self.lines += 1
 
     def close(self) -> None:

@@ -18,10 +18,17 @@ def mask_name(index: int) -> str:
 
 
 class MaskSink:
-    """One PNG per frame that has ``data["mask"]``; each file appears only once complete."""
+    """One PNG per frame that has ``data["mask"]``; each file appears only once complete.
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder) / "masks"
+    In a segment (``segment`` set) the PNGs go to ``masks/<segment stem>/``, so
+    a restarted run, whose frame numbers start again at 1, never overwrites
+    them and retention deletes them with their segment.
+    """
+
+    kind = "masks"
+
+    def __init__(self, folder: Path, *, segment=None):
+        self.folder = Path(folder) / self.kind if segment is None else segment.final(self.kind)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.written = 0
 

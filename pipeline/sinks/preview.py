@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from pipeline.frame import Frame
-from pipeline.sinks.video import VideoWriter
+from pipeline.sinks.video import VideoWriter, segment_writer
 
 _RED = (0, 0, 255)
 _GREEN = (0, 255, 0)
@@ -24,9 +24,12 @@ def box_xywh(obj: dict):
 
 class PreviewSink:
     filename = "preview.mp4"
+    kind = "preview"  # folder of its segments
 
-    def __init__(self, folder: Path, codec: str = "auto", crf: int = 23, fps: float = 25.0, scale: float = 1.0):
-        self.writer = VideoWriter(Path(folder) / self.filename, codec, crf, fps)
+    def __init__(self, folder: Path, codec: str = "auto", crf: int = 23, fps: float = 25.0, scale: float = 1.0,
+                 *, segment=None):
+        self.writer = segment_writer(self.kind, segment, codec, crf, fps) if segment is not None \
+            else VideoWriter(Path(folder) / self.filename, codec, crf, fps)
         self.scale = scale
         self._canvas = None
         self._tint = None

@@ -1,8 +1,16 @@
 """``dehazed.mp4`` (and the encoder under ``preview.mp4``) via PyAV.
 
 H.264 (libx264) when PyAV was built with it, else MPEG-4 part 2. Each frame's
-presentation time is kept (90 kHz time base), so dropped frames of a live
+presentation time is kept (90 kHz time base, 45 kHz for MPEG-4 part 2), so dropped frames of a live
 stream show as gaps instead of speeding the video up.
+
+A segment (``fragment_s`` set) is written as fragmented MP4: an empty index up
+front, then fragments (moof + mdat) of at most ``fragment_s`` seconds of media
+time, each pushed to the file as soon as it is complete, and a keyframe every
+``2 * fragment_s * fps`` frames. A process killed mid-segment
+leaves a file that plays up to its last fragment (a fragment may start between
+keyframes: played from the start, it decodes like the rest of the file).
+Its timestamps start at 0 (the first frame's pts is subtracted).
 """
 from __future__ import annotations
 
@@ -17,6 +25,10 @@ from pipeline.frame import Frame
 from pipeline.sinks.atomic import commit, partial_path
 
 TIME_BASE = Fraction(1, 90000)
+#: MPEG-4 part 2 stores the time base denominator in 16 bits: 45 kHz keeps sub-millisecond pts
+MPEG4_TIME_BASE = Fraction(1, 45000)
+#: fragmented MP4 (ISO BMFF): index first, a fragment per keyframe, decode times in each fragment
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 
 
 def pick_codec(requested: str = "auto") -> str:
@@ -37,12 +49,16 @@ class VideoWriter:
     has one resolution.
     """
 
-    def __init__(self, path: Path, codec: str = "auto", crf: int = 23, fps: float = 25.0):
+    def __init__(self, path: Path, codec: str = "auto", crf: int = 23, fps: float = 25.0, *,
+                 partial: Path | None = None, fragment_s: float | None = None):
         self.path = Path(path)
         self.codec = pick_codec(codec)
         self.crf = crf
         self.fps = fps
-        self._partial = partial_path(self.path)
+        self.fragment_s = fragment_s
+        self._partial = Path(partial) if partial is not None else partial_path(self.path)
+        self._origin = None  # pts subtracted from every frame of a fragmented segment
+        self.time_base = MPEG4_TIME_BASE if self.codec == "mpeg4" else TIME_BASE
         self._container = None
         self._stream = None
         self._size = None  # (w, h)
@@ -51,11 +67,16 @@ class VideoWriter:
 
     def _open(self, w: int, h: int) -> None:
         self._size = (max(2, w & ~1), max(2, h & ~1))
-        self._container = av.open(str(self._partial), mode="w", format="mp4")
+        options = dict(FRAGMENTED_MP4, frag_duration=str(int(self.fragment_s * 1e6))) if self.fragment_s else {}
+        self._container = av.open(str(self._partial), mode="w", format="mp4", options=dict(options))
         stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
+        if self.fragment_s:
+            # fragments are cut every fragment_s (frag_duration), keyframes come every 2 fragments: 1 s
+            # fragments bound what a kill loses, and 2 s keyframes cost half the bytes of 1 s ones
+            stream.codec_context.gop_size = max(1, int(self.fps * 2 * self.fragment_s))
         stream.width, stream.height = self._size
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = TIME_BASE
+        stream.codec_context.time_base = self.time_base
         if self.codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": str(self.crf)}
         else:
@@ -73,14 +94,18 @@ class VideoWriter:
                 else cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
         vf.pts = self._next_pts(pts)
-        vf.time_base = TIME_BASE
+        vf.time_base = self.time_base
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
         self.frames += 1
 
     def _next_pts(self, pts: float | None) -> int:
-        step = round(90000 / self.fps)
-        ticks = round(pts * 90000) if pts is not None else None
+        hz = self.time_base.denominator
+        step = round(hz / self.fps)
+        if pts is not None and self.fragment_s:
+            self._origin = pts if self._origin is None else self._origin
+            pts -= self._origin
+        ticks = round(pts * hz) if pts is not None else None
         if ticks is None or (self._last_pts is not None and ticks <= self._last_pts):
             ticks = 0 if self._last_pts is None else self._last_pts + step
         self._last_pts = ticks
@@ -103,9 +128,11 @@ class DehazedVideoSink:
     """``dehazed.mp4``: ``frame.data["dehazed"]``, or the input when no stage dehazed it."""
 
     filename = "dehazed.mp4"
+    kind = "dehazed"  # folder of its segments
 
-    def __init__(self, folder: Path, codec: str = "auto", crf: int = 23, fps: float = 25.0):
-        self.writer = VideoWriter(folder / self.filename, codec, crf, fps)
+    def __init__(self, folder: Path, codec: str = "auto", crf: int = 23, fps: float = 25.0, *, segment=None):
+        self.writer = segment_writer(self.kind, segment, codec, crf, fps) if segment is not None \
+            else VideoWriter(folder / self.filename, codec, crf, fps)
 
     @property
     def paths(self):
@@ -117,3 +144,12 @@ class DehazedVideoSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def segment_writer(kind: str, segment, codec: str, crf: int, fps: float) -> VideoWriter:
+    """A fragmented writer for ``kind`` of a ``pipeline.sinks.segments.Segment``: open name, then final."""
+    from pipeline.sinks.segments import FRAGMENT_S
+
+    final = segment.final(kind)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return VideoWriter(final, codec, crf, fps, partial=segment.open(kind), fragment_s=FRAGMENT_S)
