@@ -86,13 +86,16 @@ def parse_args(argv=None):
     p.add_argument("--size", default="320x240", help="the generated camera's frame size")
     p.add_argument("--every", type=int, default=10_000, help="frames written per row")
     p.add_argument("--segment-s", type=float, default=60.0, help="segment length (where supported)")
+    p.add_argument("--masks", action="store_true", help="also write a mask PNG per frame")
     p.add_argument("--output", default=str(ROOT / "out" / "soak"))
     p.add_argument("--json", default=None, metavar="FILE")
     p.add_argument("--markdown", default=None, metavar="FILE", help="append the table to this file")
     return p.parse_args(argv)
 
 
-def outputs_with_segments(outputs, segment_s: float):
+def outputs_with_segments(outputs, segment_s: float, masks: bool):
+    """Segments every ``segment_s``; masks off unless asked (a PNG per frame, as configs/rtsp.yaml says)."""
+    outputs = dataclasses.replace(outputs, masks=masks)
     names = {f.name for f in dataclasses.fields(outputs)}
     if "segment_s" not in names:
         print("soak: this build has no outputs.segment_s; one file per output", file=sys.stderr)
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging("text")
     config = load_config(args.config)
-    outputs, segment_s = outputs_with_segments(config.outputs, args.segment_s)
+    outputs, segment_s = outputs_with_segments(config.outputs, args.segment_s, args.masks)
     if args.input:
         camera = open_source(args.input, name="soak")
     else:
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
         runner.join()
     report = result.get("report")
     out = summarise(args, rows, report, segment_s)
+    out["segments"] = graph.observer.segments("soak")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
@@ -176,7 +180,7 @@ def markdown(out: dict) -> str:
              f"{f.get('in', 0)} frames read ({out['frames_target']} planned), {f.get('processed', 0)} written, "
              f"{f.get('dropped', 0)} dropped {f.get('dropped_by_reason', {})}; RSS growth from the first to "
              f"the last row while running {out['rss_growth_pct_after_warmup']} %; open fds while running "
-             f"{sorted(set(out['fds']))}; "
+             f"{sorted(set(out['fds']))}; {out.get('segments', 0)} segments; "
              f"machine {out['machine']['cores']} cores (shared).", "",
              "| frames written | elapsed s | frames in | dropped | RSS MiB | open fds | p50 ms | p99 ms |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
