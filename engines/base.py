@@ -22,7 +22,13 @@ class TensorSpec:
 
 
 class RunnerError(RuntimeError):
-    pass
+    """A runner cannot be made or run. ``at(input, cause)`` names the file or setting at fault."""
+
+    @classmethod
+    def at(cls, input, cause: str) -> "RunnerError":
+        e = cls(f"{input}: {cause}")
+        e.input, e.cause = str(input), cause
+        return e
 
 
 class Runner:

@@ -10,9 +10,8 @@ import argparse
 import importlib
 import sys
 
+from engines.constants import BACKENDS, PRECISIONS
 from pipeline.errors import PipelineError
-
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 
 # sub-command -> module with main(args). train/export live in `training` (needs
 # torch) and build-engine in `engines`; they are imported only when asked for,
@@ -74,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=120, metavar="N")
     b.add_argument("--backend", choices=BACKENDS, default="auto")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    b.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp32")
     b.add_argument("--json", default=None, metavar="FILE")
     b.add_argument("--markdown", default=None, metavar="FILE", help="append a table to this file")
 

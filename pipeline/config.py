@@ -71,7 +71,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
+    backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = "auto"  # engines.constants.BACKENDS
     device: Literal["cpu", "cuda"] = "cpu"
     #: stop each stream after this many frames
     max_frames: int | None = None

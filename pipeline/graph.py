@@ -341,6 +341,7 @@ class Graph:
                 cuda = CudaLink(stage) if CudaLink.wanted(stage) else None
                 host = HostSide() if cuda is None else None
                 stage.setup()
+                self.observer.stage_ready(node.name, getattr(stage, "engine_info", None))
             except Exception as e:
                 self._record(_as_stage_error(node.name, e, "setup"))
                 self._discard(q_in.abandon(), REASON_STAGE_ERROR)

@@ -163,11 +163,13 @@ def test_runner_for_picks_backend_and_verifies(tiny, tmp_path):
     from engines.onnxruntime.runner import OnnxRuntimeRunner
 
     assert choose_backend("auto", "cpu") == "onnxruntime"
-    runner = runner_for(tiny["onnx"], manifest=tiny["manifest"], threads=1)
+    runner = runner_for(tiny["onnx"], backend="onnxruntime", manifest=tiny["manifest"], threads=1)
     assert isinstance(runner, OnnxRuntimeRunner)
+    auto = runner_for(tiny["onnx"], manifest=tiny["manifest"], threads=1, cache_dir=tmp_path / "cache")
+    assert auto.backend == auto.load_info["backend"] and auto.load_info["chosen_by"].startswith("auto")
     with pytest.raises(WeightsError, match="file not found"):
         runner_for("msfgnet", weights_dir=tmp_path, manifest=tiny["manifest"])
-    with pytest.raises(RunnerError, match="needs --device cuda"):
+    with pytest.raises(RunnerError, match="tensorrt needs device: cuda"):
         runner_for("msfgnet", backend="tensorrt", weights_dir=tmp_path)
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline.errors import ConfigError
 from pipeline.stages.msfgnet import grey_small, working_size
-from pipeline.stages.weights import resolve_path
+from pipeline.stages.base import resolve_path
 from training.common import load_checkpoint, load_yaml, pick_device, save_checkpoint, save_curves
 from training.data.cdnet import CdnetSequence, load_sequence, window_numbers
 from training.data.scenes import Augment, WindowSampler, load_textures, traffic_sequences

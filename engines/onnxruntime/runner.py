@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from engines.base import Runner, TensorSpec
+from engines.base import Runner, RunnerError, TensorSpec
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
@@ -45,7 +45,11 @@ class OnnxRuntimeRunner(Runner):
         # Idle intra-op threads would otherwise spin for a while after each run and take the
         # cores from the next stage's session: several sessions share a few cores here.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(self.model_path, opts, providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(self.model_path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # wrong opset, not ONNX at all, unsupported op
+            cause = " ".join(str(e).split())[:160]
+            raise RunnerError.at(self.model_path, f"ONNX Runtime cannot load it ({type(e).__name__}: {cause})") from None
         self._specs = [
             TensorSpec(i.name, np.dtype(_ORT_DTYPES.get(i.type, np.float32)),
                        tuple(d if isinstance(d, int) else None for d in i.shape))

@@ -10,10 +10,19 @@ Precision across TensorRT versions:
 - TensorRT 10.x (JetPack 6) still has weak typing: fp16 sets ``BuilderFlag.FP16``;
   int8 sets ``BuilderFlag.INT8`` with an entropy calibrator fed real frames
   (``engines.tensorrt.calibrator``), or reads Q/DQ nodes if the ONNX has them.
-- TensorRT 11.x removed those flags and calibrators (strong typing only): int8
-  needs a Q/DQ ONNX (``engines.quantize.quantize_qdq(..., symmetric=True)``, same
-  real frames) and fp16 a mixed-precision ONNX (NVIDIA ModelOpt AutoCast).
-  ``engine_from_onnx`` says so instead of building a silent fp32 engine.
+- TensorRT 11.x removed those flags and calibrators (strong typing only): the
+  network takes its precision from the ONNX graph. int8 needs a Q/DQ ONNX
+  (``engines.quantize.quantize_qdq(..., symmetric=True)``, calibration frames) and
+  fp16 an fp16 ONNX: ``typed_source`` writes one (``engines.fp16.onnx_fp16``) and
+  the cache builds from it. ``engine_from_onnx`` itself refuses an fp32 graph for
+  fp16 instead of building a silent fp32 engine.
+
+Each engine's sidecar records the ONNX sha256, the builder settings (with the
+optimisation profiles), the TensorRT version, the GPU, the engine's own sha256
+and, once checked, the parity report. A lookup re-hashes the engine file, so a
+file changed or corrupted since it was built is rebuilt (and says why) instead
+of deserialized. One cache slot per (model, precision, profile): two callers
+with different profiles no longer overwrite each other's engine.
 
 Only this module and the runner import ``tensorrt``, and only inside functions.
 Where ``tensorrt`` does not import but TensorRT for RTX (``tensorrt_rtx``) does,
@@ -35,10 +44,9 @@ from engines.weights import sha256_of
 
 log = logging.getLogger("hazeflow.engines")
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from engines.constants import DEFAULT_PROFILE, SUPPORTED
 
-#: default dynamic range: batch 1..8 streams, 240p..1080p (H/W multiples of 8 for the encoders)
-DEFAULT_PROFILE = {"batch": (1, 1, 8), "height": (240, 360, 1088), "width": (320, 640, 1920)}
+PRECISIONS = SUPPORTED[("tensorrt", "cuda")]
 
 
 class EngineBuildError(RuntimeError):
@@ -164,6 +172,9 @@ def rebuild_reasons(stored: Mapping | None, wanted: Mapping) -> list[str]:
     if stored is None:
         return ["no cached engine"]
     reasons = []
+    if stored.get("engine_sha256_actual") not in (None, stored.get("engine_sha256")):
+        reasons.append(f"engine file changed since it was built (sha256 {str(stored['engine_sha256_actual'])[:12]}… "
+                       f"is not the {str(stored.get('engine_sha256'))[:12]}… its sidecar records)")
     if stored.get("onnx_sha256") != wanted["onnx_sha256"]:
         reasons.append(f"ONNX changed (sha256 {str(stored.get('onnx_sha256'))[:12]}… -> {wanted['onnx_sha256'][:12]}…)")
     if stored.get("tensorrt_version") != wanted["tensorrt_version"]:
@@ -177,11 +188,18 @@ def rebuild_reasons(stored: Mapping | None, wanted: Mapping) -> list[str]:
     return reasons
 
 
-def engine_paths(cache_dir: str | Path, onnx_path: str | Path, precision: str) -> tuple[Path, Path]:
-    """One cache slot per (ONNX file name, precision): ``<stem>.<precision>.engine`` + ``.json``."""
+def profiles_key(profiles: Sequence[Profile]) -> str:
+    """Short hash of the optimisation profiles: part of an engine's file name."""
+    blob = json.dumps([p.as_dict() for p in profiles], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def engine_paths(cache_dir: str | Path, onnx_path: str | Path, precision: str,
+                 profiles: Sequence[Profile] = ()) -> tuple[Path, Path]:
+    """One cache slot per (ONNX file name, precision, profiles): ``<stem>.<precision>.<profiles>.engine`` + ``.json``."""
     stem = Path(onnx_path).stem
-    base = Path(cache_dir) / f"{stem}.{precision}"
-    return base.with_suffix(".engine"), base.with_suffix(".json")
+    base = Path(cache_dir) / f"{stem}.{precision}.{profiles_key(profiles) if profiles else 'default'}"
+    return Path(f"{base}.engine"), Path(f"{base}.json")
 
 
 def read_sidecar(path: Path) -> dict | None:
@@ -199,7 +217,7 @@ def save_engine(serialized, path: str | Path, sidecar: Mapping | None = None) ->
     tmp.write_bytes(bytes(serialized))
     tmp.replace(path)
     if sidecar is not None:
-        side = path.with_suffix(".json")
+        side = Path(str(path)[: -len(path.suffix)] + ".json")
         stmp = side.with_name(side.name + ".tmp")
         stmp.write_text(json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n")
         stmp.replace(side)
@@ -342,9 +360,11 @@ class EngineCache:
         return cache_record(sha256_of(onnx_path), settings, tensorrt_version(), compute_capability(self.device))
 
     def lookup(self, onnx_path: str | Path, settings: BuildSettings) -> tuple[Path, dict, list[str]]:
-        engine, side = engine_paths(self.root, onnx_path, settings.precision)
+        engine, side = engine_paths(self.root, onnx_path, settings.precision, settings.profiles)
         wanted = self.wanted(onnx_path, settings)
         stored = read_sidecar(side) if engine.is_file() else None
+        if stored is not None:  # the engine's bytes, checked before anyone deserializes them
+            stored = {**stored, "engine_sha256_actual": sha256_of(engine)}
         return engine, wanted, rebuild_reasons(stored, wanted)
 
     def get(self, onnx_path: str | Path, settings: BuildSettings, calibrator=None) -> tuple[Path, list[str]]:
@@ -353,10 +373,109 @@ class EngineCache:
             log.info("engine cache hit: %s", engine)
             return engine, []
         log.warning("building %s: %s", engine.name, "; ".join(reasons))
+        source = typed_source(onnx_path, settings.precision, self.root)
         serialized = engine_from_onnx(
-            onnx_path, settings.precision, calibrator=calibrator, profiles=settings.profiles or None,
+            source, settings.precision, calibrator=calibrator, profiles=settings.profiles or None,
             workspace=settings.workspace, timing_cache=self.timing_cache, dla_core=settings.dla_core,
             optimization_level=settings.optimization_level,
         )
-        save_engine(serialized, engine, {**wanted, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        blob = bytes(serialized)
+        save_engine(blob, engine, {**wanted, "engine_sha256": hashlib.sha256(blob).hexdigest(),
+                                   "built_from": Path(source).name, "gpu": gpu_name(self.device),
+                                   "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         return engine, reasons
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    engine = Path(engine)
+    return Path(str(engine)[: -len(engine.suffix)] + ".json")
+
+
+def verified_engine(engine: str | Path) -> Path:
+    """``engine`` if its bytes hash to the sha256 its sidecar records; else an EngineBuildError saying why."""
+    engine = Path(engine)
+    if not engine.is_file():
+        raise EngineBuildError(engine, "engine file not found")
+    stored = read_sidecar(sidecar_path(engine))
+    if stored is None or "engine_sha256" not in stored:
+        raise EngineBuildError(engine, "no sidecar with the engine's sha256 next to it; refusing an unverified engine "
+                                       "(build it with `hazeflow build-engine`)")
+    actual = sha256_of(engine)
+    if actual != stored["engine_sha256"]:
+        raise EngineBuildError(engine, f"sha256 {actual[:12]}… does not match its sidecar's "
+                                       f"{stored['engine_sha256'][:12]}… (corrupt or replaced file)")
+    return engine
+
+
+def gpu_name(device: int = 0) -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(device)
+    except ImportError:
+        pass
+    return "none (ahead-of-time build)"
+
+
+def strongly_typed(trt=None) -> bool:
+    """TensorRT 11 and TensorRT-RTX: no FP16/INT8 builder flags, precision comes from the graph."""
+    trt = trt or trt_module()
+    return not _has_flag(trt, "FP16")
+
+
+def typed_source(onnx_path: str | Path, precision: str, cache_dir: str | Path) -> Path:
+    """The graph to build for ``precision``: for fp16 under strong typing an fp16 copy of the ONNX
+    (written once into the cache, next to the engines), else the ONNX itself."""
+    onnx_path = Path(onnx_path)
+    if precision != "fp16" or not strongly_typed():
+        return onnx_path
+    from engines.fp16 import onnx_fp16
+
+    out = Path(cache_dir) / f"{onnx_path.stem}.{sha256_of(onnx_path)[:12]}.fp16.onnx"
+    if not out.is_file():
+        onnx_fp16(onnx_path, out)
+    return out
+
+
+def gated_engine(onnx: Path, precision: str, profile, cache_dir: Path, *, device: str, reference, model: str,
+                 frames=None, calibration_frames=None, workspace: int = 1 << 30,
+                 dla_core: int | None = None) -> tuple[Path, dict]:
+    """Build or reuse the engine of ``onnx`` for ``profile`` (engines.gate.InputProfile) and gate it.
+
+    int8: a symmetric Q/DQ graph calibrated on the calibration part of the frames (the demo clip
+    by default; engines.frames.split_frames), and the gate scores the held-out part. A failed gate
+    deletes the engine and its sidecar.
+    """
+    from engines.frames import DEMO_CLIP, read_frames, split_frames
+    from engines.gate import gate
+    from engines.quantize import feeds_from_frames, onnx_input_shapes, quantize_qdq
+    from engines.tensorrt.runner import TrtRunner
+
+    cache_dir = Path(cache_dir)
+    dev = int(device.split(":", 1)[1]) if ":" in device else 0
+    source, calib = Path(onnx), ""
+    if precision == "int8":
+        calibration = calibration_frames
+        if calibration is None:
+            calibration = split_frames(read_frames(DEMO_CLIP, count=48, stride=3))[0]
+        feeds = list(feeds_from_frames(calibration, onnx_input_shapes(onnx), size=profile.opt))
+        from engines.tensorrt.calibrator import calibration_id
+
+        calib = calibration_id(feeds)
+        source = cache_dir / f"{onnx.stem}.{calib[:12]}.qdq.onnx"
+        if not source.is_file():
+            quantize_qdq(onnx, source, feeds, symmetric=True)
+    settings = BuildSettings(precision=precision, calibration=calib, workspace=workspace, dla_core=dla_core,
+                             profiles=default_profiles(onnx_input_shapes(onnx), profile.trt_limits()))
+    cache = EngineCache(cache_dir, device=dev)
+    engine, reasons = cache.get(source, settings)
+    how = {"engine": str(engine), "engine_built": "; ".join(reasons) if reasons else "cache hit"}
+    if precision == "fp32":
+        return engine, how
+    side = sidecar_path(engine)
+    identity = {k: v for k, v in (read_sidecar(side) or {}).items() if k not in ("parity", "checked_at", "gate_key")}
+    gate(TrtRunner(engine, device=device, name=engine.name), reference, model=model, precision=precision,
+         size=profile.opt, record=side, identity=identity, artefacts=[engine], frames=frames)
+    how["parity"] = ((read_sidecar(side) or {}).get("parity") or {}).get("summary", "")
+    return engine, how

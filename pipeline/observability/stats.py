@@ -91,6 +91,7 @@ class StageStats:
     busy_s: float = 0.0
     latency_s: LatencyWindow = field(default_factory=LatencyWindow)  # duration of the call each frame was in
     histogram: Histogram = field(default_factory=Histogram)
+    engine: dict | None = None  # a learned stage's engine_info: backend, precision, how it was chosen, parity
 
     def add_call(self, seconds: float, frames: int) -> None:
         self.calls += 1
@@ -101,9 +102,12 @@ class StageStats:
 
     def as_dict(self) -> dict:
         d = latency_stats(self.latency_s.values())
-        return {"frames": self.frames, "calls": self.calls,
-                "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
-                "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "mean_ms": d["mean_ms"]}
+        out = {"frames": self.frames, "calls": self.calls,
+               "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
+               "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "mean_ms": d["mean_ms"]}
+        if self.engine:
+            out["engine"] = self.engine
+        return out
 
 
 @dataclass
@@ -168,6 +172,10 @@ class Observer:
         self.outputs = dict(outputs)
 
     # ------------------------------------------------------------ events from the graph
+    def stage_ready(self, stage: str, engine: dict | None = None) -> None:
+        """A stage's setup ran; ``engine``: its engine_info (backend, precision, parity), if any."""
+        self.stages[stage].engine = engine
+
     def frame_in(self, stream: str, now: float) -> int:
         """A frame was read; returns the stream's frames read so far."""
         s = self.streams[stream]

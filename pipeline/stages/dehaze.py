@@ -23,10 +23,12 @@ stride and cropped back.
 
 Ports: ``dehazed`` (uint8 BGR, the input array itself when not applied),
 ``haze_score`` (float), ``dehaze_applied`` (bool). The runtime needs no torch:
-ONNX Runtime on the CPU by default (fp32, or int8 from the QDQ graph
+ONNX Runtime or OpenVINO on the CPU, whichever ``auto`` finds faster here (fp32, or int8 from the QDQ graph
 ``<weights stem>.int8.onnx``); ``backend: torch`` uses engines.torch (fp16 on
 cuda); ``backend: tensorrt`` builds or reuses an engine of the verified ONNX
-graph through the engine cache. ``auto`` follows engines.load.choose_backend.
+graph through the engine cache; ``backend: openvino`` runs the same graphs (fp32, bf16 where the CPU
+has it, int8). Every runner comes from engines.load.runner_for (LearnedStage.acquire_runner), which
+also picks ``auto`` and runs the parity gate.
 
 Device path (``backend: torch``, ``device: cuda``, and a CUDA stream handed in
 with ``use_cuda_stream``, as the graph does): the stage runs on that stream. The haze score and the gate
@@ -39,23 +41,19 @@ stage or the sinks (pipeline.gpu.data_to_host). No host synchronisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Sequence
 
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError, StageError, WeightsError
+from pipeline.errors import ConfigError, StageError
 from pipeline.frame import Frame
 from pipeline.guided import guided_coefficients
 from pipeline.imageio import to_bgr8
-from pipeline.stages.base import Stage
-from pipeline.stages.weights import (PRECISIONS, check_precision, int8_graph, onnxruntime_runner, resolve_backend,
-                                     resolve_path, tensorrt_runner, verified_weights)
+from pipeline.stages.base import LearnedStage
 from pipeline.stages.dcp import DarkChannelDehazer, DcpStage, haze_score
 
 STRIDE = 4  # training.models.rigan.STRIDE (not imported: the runtime never imports training)
-TRT_SIZES = ((32, 32), (640, 360), (1920, 1088))  # frame (w, h) a TensorRT engine is built for: min, opt, max
 
 
 #: score -> (default threshold, default hysteresis). density: chosen on synthetic frames (held-out
@@ -139,7 +137,7 @@ class TransmissionUpsampler:
         return cv2.convertScaleAbs(cv2.max(f, 0.0, dst=f))        # clip to [0, 255] (max first: no abs)
 
 
-class DehazeStage(Stage):
+class DehazeStage(LearnedStage):
     """Gated dehazing; writes ``dehazed``, ``haze_score`` and ``dehaze_applied``."""
 
     name = "dehaze"
@@ -157,8 +155,8 @@ class DehazeStage(Stage):
         score_width: int = 160        # density: width in pixels of the copy the network scores
         score_every: int = 1          # score every Nth frame of a stream, reuse it in between
         hold_frames: int = 5          # consecutive frames beyond a threshold before switching
-        backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
-        precision: Literal["fp32", "fp16", "int8"] = "fp32"  # onnxruntime: fp32 | int8; torch: fp32 | fp16 (cuda)
+        backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = "auto"
+        precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"  # engines.constants.SUPPORTED
         weights: str = "weights/rigan.onnx"             # ONNX Runtime graph (sha256 in weights/manifest.json)
         torch_weights: str = "weights/rigan.pt"         # state_dict for backend: torch
         torch_factory: str = "training.models.rigan:RIGeneratorPorts"  # must match torch_weights' width
@@ -172,6 +170,8 @@ class DehazeStage(Stage):
     def __init__(self, config: "DehazeStage.Config | None" = None):
         self.config = config or self.Config()
         _check(self.config)
+        c = self.config  # the network runs in these cases
+        self.check_engine_config(runs=c.method == "rigan" and (c.when != "never" or c.score == "density"))
         self._runner = None
         self._device_capable = None  # resolved once (auto may probe TensorRT)
         self._stream = None      # CUDA stream from the graph (device path)
@@ -193,7 +193,7 @@ class DehazeStage(Stage):
         if self._device_capable is None:
             c = self.config
             self._device_capable = (c.device == "cuda" and c.method == "rigan" and c.when != "never"
-                                    and resolve_backend(c.backend, c.device) == "torch")
+                                    and self.backend == "torch")
         return self._device_capable
 
 
@@ -202,42 +202,10 @@ class DehazeStage(Stage):
         c = self.config
         if c.method != "rigan" or self._runner is not None or (c.when == "never" and c.score != "density"):
             return
-        make = {"onnxruntime": self._ort_runner, "torch": self._torch_runner,
-                "tensorrt": self._tensorrt_runner}[resolve_backend(c.backend, c.device)]
-        self._runner = make()
+        self._runner = self.acquire_runner(self.max_batch, factory=c.torch_factory)
 
-    def _verified(self, path: str) -> Path:
-        return verified_weights(path, self.config.manifest)
-
-    def _ort_runner(self):
-        path = self._verified(self.config.weights)
-        if self.config.precision == "int8":
-            path = int8_graph(path, self.config.manifest)
-        return onnxruntime_runner(path, threads=self.config.threads, name="rigan")
-
-    def _tensorrt_runner(self):
-        c = self.config
-        path = self._verified(c.weights)
-        sizes = tuple(self._network_size(w, h) for w, h in TRT_SIZES)
-        return tensorrt_runner(path, section="stages.dehaze", device=c.device, precision=c.precision,
-                               batch=self.max_batch, sizes=sizes, name=f"rigan.{c.precision}.engine")
-
-    def _torch_runner(self):
-        try:
-            from engines.torch.runner import TorchRunner
-        except ImportError as e:
-            raise StageError("stages.dehaze.backend", f"torch backend unavailable ({e})") from None
-        path = self._verified(self.config.torch_weights)
-        # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
-        runner = TorchRunner(self.config.torch_factory, weights=path, device=self.config.device,
-                             fp16=self.config.precision == "fp16", channels_last=self.config.device == "cuda",
-                             stream=self._stream, input_names=("hazy",), threads=self.config.threads,
-                             manifest=resolve_path(self.config.manifest),
-                             name="rigan")
-        try:
-            return runner.activate()
-        except Exception as e:
-            raise WeightsError(str(path), f"cannot build the torch model ({str(e)[:200]})") from None
+    def network_size(self, w: int, h: int) -> tuple[int, int]:
+        return self._network_size(w, h)
 
     def close(self) -> None:
         self._uploader = None
@@ -387,8 +355,6 @@ def _check(c: DehazeStage.Config) -> None:
     rules = {
         "when": c.when in ("always", "never", "auto"),
         "method": c.method in ("rigan", "dcp"),
-        "backend": c.backend in ("auto", "onnxruntime", "torch", "tensorrt"),
-        "device": c.device in ("cpu", "cuda"),
         "score": c.score in DEFAULT_THRESHOLDS,
         "threshold": c.threshold is None or 0.0 <= c.threshold <= 1.0,
         "hysteresis": c.hysteresis is None or 0.0 <= c.hysteresis <= (
@@ -406,7 +372,3 @@ def _check(c: DehazeStage.Config) -> None:
             raise ConfigError(f"stages.dehaze.{key}", f"invalid value {getattr(c, key)!r}")
     if c.score == "density" and c.method != "rigan":
         raise ConfigError("stages.dehaze.score", "density is RI-GAN's estimate; it needs method: rigan")
-    if c.precision not in PRECISIONS:
-        raise ConfigError("stages.dehaze.precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
-    if c.method == "rigan" and (c.when != "never" or c.score == "density"):  # the cases the network runs
-        check_precision("stages.dehaze", c.backend, resolve_backend(c.backend, c.device), c.device, c.precision)

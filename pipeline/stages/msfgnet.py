@@ -12,12 +12,14 @@ T frames are the same picture, so nothing has moved and the mask is (nearly)
 empty; detection starts as soon as an object has moved relative to the oldest
 frame held. A change of resolution starts a fresh window (FrameBuffer reallocates).
 
-The default backend is ONNX Runtime on the CPU (no torch in the runtime), fp32
+On the CPU ``auto`` runs ONNX Runtime or OpenVINO, whichever is faster here (no torch in the runtime), fp32
 or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
 (``engines.torch.runner.TorchRunner``) loads the state_dict into
 ``training.models.msfgnet`` by name, for CUDA (fp32 or fp16) or for checking
 parity; TensorRT builds (or reuses from the engine cache) an engine from the
-verified ONNX graph. ``backend: auto`` follows ``engines.load.choose_backend``.
+verified ONNX graph; ``backend: openvino`` runs the same graphs. Every runner comes from
+``engines.load.runner_for`` (``LearnedStage.acquire_runner``), which also picks ``auto`` and gates
+reduced precisions.
 
 Device path (``backend: torch``, ``device: cuda``, and a CUDA stream handed in
 with ``use_cuda_stream`` before ``setup``, as the graph does): on that stream the input (``dehazed`` as a CUDA tensor, or a numpy image
@@ -39,15 +41,11 @@ import numpy as np
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
-from pipeline.stages.base import Stage
-from pipeline.stages.weights import (check_precision, int8_graph, onnxruntime_runner, resolve_backend,
-                                     resolve_path, tensorrt_runner, verified_weights)
+from pipeline.stages.base import LearnedStage
 
 STRIDE = 4                      # H and W of the network input must be multiples of this
 INPUT_NAME, OUTPUT_NAME = "frames", "fg_prob"
 TORCH_FACTORY = "training.models.msfgnet:build"
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
-TRT_SIZES = ((32, 32), (640, 360), (1920, 1088))  # frame (w, h) a TensorRT engine is built for: min, opt, max
 
 
 def working_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -71,22 +69,23 @@ def window_indices(held: int, frames: int, stride: int) -> np.ndarray:
     return np.maximum(newest - (frames - 1 - np.arange(frames)) * stride, 0)
 
 
-class MsfgnetStage(Stage):
+class MsfgnetStage(LearnedStage):
     """Foreground probability and mask from MSFgNet."""
 
     name = "msfgnet"
     inputs = ("image",)  # reads data["dehazed"] instead when an earlier stage wrote it
     outputs = ("fg_prob", "mask")
     max_batch = 8
+    torch_factory = TORCH_FACTORY
 
     @dataclass(frozen=True)
     class Config:
         weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends)
         torch_weights: str = "weights/msfgnet.pt"  # state_dict (torch backend)
         threshold: float = 0.5                     # fg_prob above this is foreground
-        backend: str = "auto"                      # auto | onnxruntime | torch | tensorrt
+        backend: str = "auto"                      # auto | onnxruntime | openvino | torch | tensorrt
         device: str = "cpu"                        # cpu | cuda (torch, tensorrt)
-        precision: str = "fp32"                    # onnxruntime: fp32 | int8; torch: fp32 | fp16 (cuda); tensorrt: any
+        precision: str = "fp32"                    # fp32 | fp16 | bf16 | int8, as engines.constants.SUPPORTED allows
         manifest: str | None = None                # sha256 list of the weights (None = weights/manifest.json)
         threads: int = 2                           # CPU threads of the runner; 0 = all cores
         scale: float = 0.5                         # working size / input size
@@ -108,11 +107,7 @@ class MsfgnetStage(Stage):
         c = self.config
         if not 0 < c.threshold < 1:
             raise ConfigError("stages.msfgnet.threshold", f"must be in (0, 1), got {c.threshold}")
-        if c.backend not in BACKENDS:
-            raise ConfigError("stages.msfgnet.backend", f"must be one of {', '.join(BACKENDS)}, got {c.backend!r}")
-        if c.device not in ("cpu", "cuda"):
-            raise ConfigError("stages.msfgnet.device", f"must be cpu or cuda, got {c.device!r}")
-        check_precision("stages.msfgnet", c.backend, self.backend, c.device, c.precision)
+        self.check_engine_config()
         if not 0.05 <= c.scale <= 2:
             raise ConfigError("stages.msfgnet.scale", f"must be in [0.05, 2], got {c.scale}")
         if c.stride < 1:
@@ -121,45 +116,23 @@ class MsfgnetStage(Stage):
             raise ConfigError("stages.msfgnet.threads", f"must be >= 0, got {c.threads}")
 
     # --- lifecycle -------------------------------------------------------------
-    @property
-    def backend(self) -> str:
-        """The backend that runs: ``auto`` resolved as engines.load.choose_backend does (once)."""
-        if self._backend is None:
-            self._backend = resolve_backend(self.config.backend, self.config.device)
-        return self._backend
-
-    @property
-    def wants_cuda_stream(self) -> bool:
-        """Read by pipeline.graph.CudaLink: the device path exists (torch backend on cuda)."""
-        return self.config.device == "cuda" and self.backend == "torch"
-
+    def network_size(self, w: int, h: int) -> tuple[int, int]:
+        return working_size(w, h, self.config.scale)
 
     def setup(self) -> None:
         if self.runner is not None:
             return
-        make = {"onnxruntime": self._onnxruntime_runner, "torch": self._torch_runner,
-                "tensorrt": self._tensorrt_runner}[self.backend]
-        self.runner = make()
+        self.runner = self.acquire_runner(self.max_batch)
+        if self.backend == "torch":
+            self.frames_in_window, self._input_name = self.runner.module.spec.frames, INPUT_NAME
+        else:
+            self._frames_input(self.runner.name if not hasattr(self.runner, "model_path") else self.runner.model_path,
+                               self.runner)
         self.buffer = FrameBuffer((self.frames_in_window - 1) * self.config.stride + 1)
         if self.on_device:
             from pipeline.gpu import DeviceFrameBuffer
 
             self._device_buffer = DeviceFrameBuffer(self.buffer.T)
-
-    def _onnxruntime_runner(self):
-        c = self.config
-        path = verified_weights(c.weights, c.manifest)
-        if c.precision == "int8":
-            path = int8_graph(path, c.manifest)
-        return self._frames_input(path, onnxruntime_runner(path, threads=c.threads or None, name="msfgnet"))
-
-    def _tensorrt_runner(self):
-        c = self.config
-        path = verified_weights(c.weights, c.manifest)
-        sizes = tuple(working_size(w, h, c.scale) for w, h in TRT_SIZES)
-        runner = tensorrt_runner(path, section="stages.msfgnet", device=c.device, precision=c.precision,
-                                 batch=self.max_batch, sizes=sizes, name=f"msfgnet.{c.precision}.engine")
-        return self._frames_input(path, runner)
 
     def _frames_input(self, path, runner):
         """Checks that the graph takes one (N, T, H, W) stream of frames; T is the window length."""
@@ -170,28 +143,6 @@ class MsfgnetStage(Stage):
             raise WeightsError(str(path), f"expects inputs {shapes}, not one (N, T, H, W) stream of frames")
         self.frames_in_window = specs[0].shape[1]
         self._input_name = specs[0].name
-        return runner
-
-    def _torch_runner(self):
-        try:
-            from engines.torch.runner import RunnerError, TorchRunner
-        except ImportError as e:
-            raise ConfigError("stages.msfgnet.backend", f"torch backend unavailable ({e})") from None
-        c = self.config
-        path = verified_weights(c.torch_weights, c.manifest)
-        # fp16 casts weights and inputs to half; infer() still takes and returns float32 numpy
-        runner = TorchRunner(TORCH_FACTORY, weights=path, device=c.device, threads=c.threads or None,
-                             fp16=c.precision == "fp16", channels_last=c.device == "cuda", stream=self._stream,
-                             input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,),
-                             **({} if c.manifest is None else {"manifest": resolve_path(c.manifest)}))
-        try:
-            runner.activate()
-        except RunnerError as e:
-            raise WeightsError(str(path), " ".join(str(e).split())[:240]) from None
-        except ModuleNotFoundError as e:
-            raise ConfigError("stages.msfgnet.backend", f"torch backend needs {e.name} (the [train] extra)") from None
-        self.frames_in_window = runner.module.spec.frames
-        self._input_name = INPUT_NAME
         return runner
 
     def close(self) -> None:
