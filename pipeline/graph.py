@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 from pipeline.errors import ConfigError, PipelineError, SourceError, StageError
 from pipeline.frame import Frame
 from pipeline.gpu import HostSide
-from pipeline.observability import Observer, RunReport, StageStats, StreamStats  # noqa: F401 (re-exported)
+from pipeline.observability import Observer, RunReport
 from pipeline.observability.stats import REASON_SHUTDOWN, REASON_STAGE_ERROR
 from pipeline.queues import EndOfStream, FrameQueue
 from pipeline.sinks import StreamOutputs, safe_name

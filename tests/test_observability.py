@@ -24,7 +24,7 @@ from pipeline.graph import StageNode
 from pipeline.observability.logs import configure_logging
 from pipeline.observability.metrics import MetricsServer
 from pipeline.queues import DROP_OLDEST, FrameQueue
-from tests.test_graph import ListSource, MaskStage, graph, moving_square
+from tests.test_graph import ListSource, MaskStage, graph
 
 NO_VIDEO = OutputsConfig(dehazed_video=False, preview=False, masks=False)
 
