@@ -100,7 +100,9 @@ class RtspSource(Source):
 
     def _cause(self, e: Exception) -> str:
         cause = av_cause(e)
-        if "Invalid data" in cause or "timed out" in cause.lower():
+        if "Immediate exit requested" in cause:  # PyAV's read timeout interrupts FFmpeg with this
+            cause = f"no data for {self.timeout:g} s (read timed out)"
+        elif "Invalid data" in cause or "timed out" in cause.lower():
             cause = f"{cause} (no valid data within {self.timeout:g} s?)"
         return mask_credentials(cause)
 
