@@ -25,6 +25,7 @@ COMMANDS = {
     "export": "training.export_cli",
     "build-engine": "engines.cli",
     "quantize": "engines.quantize_cli",
+    "report": "pipeline.commands.report",
 }
 
 
@@ -71,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resolution", action="append", default=None, metavar="WxH")
     b.add_argument("--streams", type=int, action="append", default=None, metavar="K")
     b.add_argument("--frames", type=int, default=120, metavar="N")
-    b.add_argument("--backend", choices=BACKENDS, default="auto")
+    b.add_argument("--backend", choices=BACKENDS, action="append", default=None,
+                   help="repeat to time several backends side by side (default: auto)")
+    b.add_argument("--config", default=None, metavar="FILE", help="stages and outputs to run (default configs/default.yaml)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     b.add_argument("--precision", choices=PRECISIONS, default="fp32")
     b.add_argument("--json", default=None, metavar="FILE")
@@ -99,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stride", type=int, default=5, metavar="N", help="take every N-th frame")
     q.add_argument("--out", default=None, metavar="FILE", help="default: <stem>.int8.onnx beside the input")
     q.add_argument("--manifest", default=None, metavar="FILE", help="default: weights/manifest.json")
+
+    r = sub.add_parser("report", help="one self-contained HTML page with plots for a run's output folder")
+    r.add_argument("output_dir", metavar="OUTPUT_DIR", help="the --output folder of a run")
 
     be = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine, parity-gated")
     be.add_argument("onnx", metavar="FILE.onnx")

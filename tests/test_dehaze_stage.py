@@ -190,7 +190,7 @@ def test_density_score_gates_on_the_networks_haze_estimate():
 
 def test_auto_mode_on_clear_frames_is_cheap(tiny_model):
     """Not a benchmark: the clear path must skip the network (bounded loosely; measured in the report)."""
-    stage = DehazeStage(_config(tiny_model, when="auto"))
+    stage = DehazeStage(_config(tiny_model, when="auto", score="dark_channel"))
     stage.setup()
     clear = np.ascontiguousarray(np.tile(_scene(90, 160), (4, 4, 1)))  # 360x640
     _run(stage, [clear] * 3)

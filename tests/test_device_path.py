@@ -329,7 +329,8 @@ def run(stage, images, stream="cam") -> list:
 @pytest.mark.parametrize("scale", [0.5, 1.0])
 def test_dehaze_device_code_matches_the_host_path(scale):
     torch.set_num_threads(4)
-    config = DehazeStage.Config(when="always", backend="torch", internal_scale=scale, threads=4)
+    # refresh_every 1: RI-GAN on every frame (reuse across frames: the next test)
+    config = DehazeStage.Config(when="always", backend="torch", internal_scale=scale, threads=4, refresh_every=1)
     images = real_frames()[:4] if scale < 1 else [im[:181, :322] for im in real_frames()[:2]]  # odd: padding
     with DehazeStage(config) as host, DehazeStage(config) as device:
         want, got = run(host, images), run(on_cpu_tensors(device), images)
@@ -338,6 +339,21 @@ def test_dehaze_device_code_matches_the_host_path(scale):
           f"mean {np.mean(diffs):.4f} grey levels")
     assert all(f.data["dehazed"].shape == im.shape for f, im in zip(got, images))
     # the network input agrees to a rounding tie, which the network carries on a little
+    assert max(d.max() for d in diffs) <= 2 and np.mean(diffs) <= 0.05, (max(d.max() for d in diffs), np.mean(diffs))
+
+
+@pytest.mark.skipif(not (WEIGHTS / "rigan.pt").is_file(), reason="weights/rigan.pt not shipped")
+def test_dehaze_device_code_reuses_t_and_a_like_the_host_path():
+    """refresh_every 3 over 7 frames of two streams: RI-GAN on the same frames (decided on the host), the
+    frames between from the kept device tensors, the same pictures as the host path's."""
+    torch.set_num_threads(4)
+    config = DehazeStage.Config(when="always", backend="torch", internal_scale=0.5, threads=4, refresh_every=3)
+    images = real_frames()[:7]
+    with DehazeStage(config) as host, DehazeStage(config) as device:
+        want = run(host, images) + run(host, images[:2], stream="other")
+        got = run(on_cpu_tensors(device), images) + run(device, images[:2], stream="other")
+        assert host.network_runs == device.network_runs == 3 + 1  # frames 1, 4, 7 of cam; 1 of other
+    diffs = [levels(a.data["dehazed"], b.data["dehazed"]) for a, b in zip(got, want)]
     assert max(d.max() for d in diffs) <= 2 and np.mean(diffs) <= 0.05, (max(d.max() for d in diffs), np.mean(diffs))
 
 

@@ -1,61 +1,61 @@
-"""``hazeflow bench``: per-stage and end-to-end frames/s and latency, with the classical baseline.
+"""``hazeflow bench``: what ``hazeflow run`` does, timed, with the classical chain beside it.
 
-For each resolution and number of streams K:
+For each resolution, number of streams K and backend:
 
-1. a clip of N frames is rendered once (synthetic traffic scene with haze, or a
-   generated pattern when the synthetic source is absent) and H.264-encoded in
-   memory; each of the K streams decodes its own copy;
-2. ``decode``, every registered stage that can be built, and ``encode`` are timed
-   on their own, frames taken round-robin from the K streams and handed to a
-   stage in batches of up to its ``max_batch`` (frames of different streams in
-   one call, as the graph does). Stages that cannot be built (no weights yet,
-   module missing) are skipped and the reason is recorded;
-3. ``end_to_end`` runs decode -> the learned chain (dehaze, msfgnet, blobs; the
-   classical stage stands in for a learned one that is missing, and the chain
-   actually run is recorded) -> encode, one group of K frames at a time;
-4. ``baseline`` runs decode -> MOG2 -> DCP -> encode in the same way, in the
-   same run, so the two are comparable on the same machine.
+1. a clip of N frames of the synthetic traffic scene with haze on every frame is
+   rendered once and written as an mp4 by the production video writer; each of
+   the K streams decodes its own copy (a file source, as ``run`` opens it);
+2. ``end_to_end``: the configuration's stages (``configs/default.yaml`` unless
+   ``--config``) are built, given the backend and precision, and run by the same
+   ``Graph`` and production sinks as ``hazeflow run`` into a temporary folder with
+   every output on (dehazed.mp4, preview.mp4, masks, events, summary). Every
+   frame of the clip is hazy and the dehaze stage runs with ``when: always``, so
+   the dehazer works on every frame whatever the gate would decide on this clip
+   (the default density gate scores it ~0.06, below its 0.12 threshold); the
+   gate's own score (``score: auto`` -> density every 8 frames) is still computed
+   as in a run. ``dehazed_frames`` counts the frames events.jsonl marks as dehazed.
+   frames/s = frames written /
+   (first frame read -> outputs finalised), so the encoders' flushes and the
+   renames are inside; stage set-up (model loading) is not. Latency p50/p99 is
+   per frame from read to written, as ``summary.json`` reports it (for a file the
+   queues are full, so it includes the wait in them);
+3. ``baseline``: the same configuration with every learned stage replaced by its
+   classical stand-in (dehaze -> dcp, msfgnet -> mog2), same sinks, same clip,
+   same run: decode + DCP + MOG2 (+ the configuration's other stages) + encode;
+4. ``stages``: each stage's own time inside the end-to-end run (``summary.json``'s
+   per-stage numbers: frames / busy time, p50/p99 per call), ``sinks`` the
+   encoding and writing, and ``decode`` the clip decoded on its own.
 
-Latency p50/p99 is per call: the time a frame spends in that stage (batch
-included). The loop is sequential on purpose: it measures the work, not the
-overlap a threaded graph adds on a machine with spare cores.
-
-With ``--device cuda`` a stage that has a device path (``wants_cuda_stream``:
-dehaze and msfgnet on the torch backend) gets its own CUDA stream as in the
-graph, so its frames stay on the GPU: its time includes the upload of a numpy
-input and the GPU work (the bench waits for the device after each call), and
-its outputs feed the next stage as device tensors. They are downloaded once
-(pipeline.gpu.data_to_host) before a host stage or the encoder reads them;
-that download is counted in ``end_to_end``, not in a stage's own time.
+A learned stage that cannot be built or loaded (missing weights, a precision its
+backend cannot run) is an error, not a silent substitution: the bench stops with
+the stage's one-line message. The run records the commit, the chain actually
+run (stage, backend, precision) and the machine.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import io
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
-
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.frame import Frame
-from pipeline.sinks.video import pick_codec
 
 DEFAULT_RESOLUTIONS = ("640x360",)
 STANDARD_RESOLUTIONS = ("320x240", "640x360", "1280x720", "1920x1080")
-STAGE_ORDER = ("dcp", "dehaze", "mog2", "knn", "msfgnet", "blobs")
-LEARNED_CHAIN = (("dehaze", "dcp"), ("msfgnet", "mog2"), ("blobs", None))
-BASELINE_CHAIN = ("mog2", "dcp")
+#: learned stage -> its classical stand-in in the baseline chain
+CLASSICAL = {"dehaze": "dcp", "msfgnet": "mog2"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- statistics --------------------------------------------------------------------
-def summarise(times_s: Sequence[float], frames: int) -> dict:
+def summarise(times_s, frames: int) -> dict:
     """fps over the total time; p50/p99 of the per-call times, in ms."""
     total = float(sum(times_s))
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
@@ -72,356 +72,197 @@ def parse_size(text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ConfigError(text, "resolution must be WxH, e.g. 640x360") from None
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise ConfigError(text, "resolution must be at least 16x16 with even sides (H.264 4:2:0)")
+    if w < 32 or h < 32 or w % 2 or h % 2:
+        raise ConfigError(text, "resolution must be at least 32x32 with even sides (H.264 4:2:0)")
     return w, h
 
 
 # --- media ---------------------------------------------------------------------------
 def render_frames(width: int, height: int, count: int, haze: float = 0.5, seed: int = 1) -> list[np.ndarray]:
-    """BGR frames of a hazy traffic scene (synthetic source), or moving boxes over haze if it is absent."""
-    try:
-        from pipeline.sources import open_source
+    """BGR frames of the synthetic hazy traffic scene (haze on every frame)."""
+    from pipeline.sources import open_source
 
-        uri = f"synthetic:traffic?size={width}x{height}&frames={count}&haze={haze}&seed={seed}"
-        with open_source(uri) as source:
-            return [f.image for f in source]
-    except (ImportError, ModuleNotFoundError):
-        pass
-    rng = np.random.default_rng(seed)
-    base = rng.integers(40, 200, (height, width, 3), dtype=np.uint8)
-    frames = []
-    for i in range(count):
-        img = base.copy()
-        x = (i * 7) % max(1, width - width // 6)
-        img[height // 3: height // 3 + height // 6, x: x + width // 6] = (30, 30, 220)
-        frames.append((img * (1 - haze) + 230 * haze).astype(np.uint8))
-    return frames
+    uri = f"synthetic:traffic?size={width}x{height}&frames={count}&haze={haze}&seed={seed}"
+    with open_source(uri) as source:
+        return [f.image for f in source]
 
 
-def encode_clip(frames: Sequence[np.ndarray], fps: int = 25) -> bytes:
-    """H.264 (or MPEG-4) MP4 in memory."""
-    import av
+def write_clip(path: Path, frames, fps: float = 25.0) -> Path:
+    """The frames as an mp4, written by the production writer (pipeline.sinks.video)."""
+    from pipeline.sinks.video import VideoWriter
 
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        enc = VideoEncoder(out, frames[0].shape[1], frames[0].shape[0], fps)
-        for img in frames:
-            enc.encode(img)
-        enc.flush()
-    return buf.getvalue()
+    writer = VideoWriter(path, fps=fps)
+    for i, image in enumerate(frames):
+        writer.write(image, i / fps)
+    writer.close()
+    return path
 
 
-class VideoEncoder:
-    """One output video stream; ``encode(bgr)`` muxes whatever packets the encoder returns."""
+def time_decode(clip: Path, streams: int) -> dict:
+    """The file source alone, K times over the clip: what the graph's readers cost."""
+    from pipeline.sources import open_source
 
-    def __init__(self, container, width: int, height: int, fps: int = 25):
-        import av
-
-        self._av = av
-        self.container = container
-        self.stream = container.add_stream(pick_codec(), rate=fps)
-        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        if self.stream.codec_context.name == "libx264":
-            self.stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
-
-    def encode(self, image: np.ndarray) -> None:
-        frame = self._av.VideoFrame.from_ndarray(image, format="bgr24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def flush(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
+    times, count = [], 0
+    for _ in range(streams):
+        with open_source(str(clip)) as source:
+            it = iter(source)
+            while True:
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                if frame is None:
+                    break
+                times.append(time.perf_counter() - t0)
+                count += 1
+    return summarise(times, count)
 
 
-class StreamIO:
-    """Decoder and encoder of one benchmark stream (both in memory); a context manager."""
+# --- the graph, as `hazeflow run` builds it ----------------------------------------------
+def bench_config(args, backend: str, clip: Path, streams: int, output: Path, classical: bool = False):
+    """The run's configuration for one measurement: inputs, output folder, backend, precision, every output on."""
+    from pipeline.config import load_config, stage_spec, with_overrides
+    from pipeline.stages.dehaze import resolve_score
 
-    def __init__(self, clip: bytes, width: int, height: int):
-        import av
-
-        self.input = av.open(io.BytesIO(clip), "r")
-        self.frames = self.input.decode(video=0)
-        self.output = av.open(io.BytesIO(), "w", format="mp4")
-        self.encoder = VideoEncoder(self.output, width, height)
-
-    def decode(self) -> np.ndarray | None:
-        frame = next(self.frames, None)
-        return None if frame is None else frame.to_ndarray(format="bgr24")
-
-    def close(self) -> None:
-        try:
-            self.encoder.flush()
-        finally:
-            self.output.close()
-            self.input.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-# --- stages ---------------------------------------------------------------------------
-def build_stage(name: str, args):
-    """Instantiate and set up a registered stage with the bench's backend/device; (stage, None) or (None, reason)."""
-    from pipeline.stages import REGISTRY, stage_class
-
-    if name not in REGISTRY:
-        return None, "not registered"
-    try:
-        cls = stage_class(name)
-    except Exception as e:
-        return None, f"cannot import {REGISTRY[name]}: {type(e).__name__}: {e}"
-    try:
-        config = cls.Config()
-        wanted = {"backend": args.backend, "device": args.device, "precision": args.precision}
-        fields = {f.name for f in dataclasses.fields(config)}
-        changes = {k: v for k, v in wanted.items() if k in fields and not (k == "backend" and v == "auto")}
-        if "when" in fields:  # dehaze gate: time the model on every frame (the gate only lowers the cost)
-            changes["when"] = "always"
-        if "threads" in fields and args.threads:
-            changes["threads"] = args.threads
-        stage = cls(dataclasses.replace(config, **changes))
-        if args.device == "cuda" and getattr(stage, "wants_cuda_stream", False):
-            import torch
-
-            stage.use_cuda_stream(torch.cuda.Stream())  # the device path, as the graph runs it
-        stage.setup()
-        return stage, None
-    except Exception as e:
-        cause = getattr(e, "cause", None)
-        where = getattr(e, "input", None)
-        return None, f"{where}: {cause}" if cause else f"{type(e).__name__}: {e}"
-
-
-def fill_ports(frame: Frame, stage, produced: dict) -> None:
-    """Give a stage timed on its own the inputs an earlier stage would have written."""
-    for port in stage.inputs:
-        if port == "image" or port in frame.data:
+    config = load_config(args.config)
+    config = with_overrides(config, inputs=[str(clip)] * streams, output=str(output),
+                            backend=None if backend == "auto" else backend, device=args.device)
+    specs = []
+    for spec in config.stages:
+        if classical and spec.name in CLASSICAL:
+            specs.append(stage_spec(CLASSICAL[spec.name], {}, f"stages.{CLASSICAL[spec.name]}"))
             continue
-        earlier = produced.get((frame.stream, frame.index, port))
-        if earlier is not None:
-            frame.data[port] = earlier
-        elif port == "dehazed":
-            frame.data[port] = frame.image
-        elif port == "mask":
-            frame.data[port] = np.zeros(frame.image.shape[:2], np.uint8)
-        elif port == "fg_prob":
-            frame.data[port] = np.zeros(frame.image.shape[:2], np.float32)
+        conf = spec.config
+        if conf is not None and dataclasses.is_dataclass(conf):
+            fields = {f.name for f in dataclasses.fields(conf)}
+            changes = {k: v for k, v in (("precision", args.precision), ("threads", args.threads or None))
+                       if k in fields and v is not None}
+            if spec.name == "dehaze":  # haze on every frame: dehazed on every frame, the gate's score still paid
+                changes.update(when="always", score=resolve_score(conf))
+            try:
+                conf = dataclasses.replace(conf, **changes)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"stages.{spec.name}", str(e)) from None
+        specs.append(dataclasses.replace(spec, config=conf))
+    outputs = dataclasses.replace(config.outputs, dehazed_video=True, masks=True, preview=True, events=True)
+    return dataclasses.replace(config, stages=tuple(specs), outputs=outputs,
+                               runtime=dataclasses.replace(config.runtime, max_frames=None))
 
 
-def groups(streams: list[list[np.ndarray]]):
-    """Frame index i of every stream together: what a muxer hands the graph at once."""
-    for i in range(min(len(s) for s in streams)):
-        yield [Frame(f"s{k}", i + 1, i / 25.0, s[i]) for k, s in enumerate(streams)]
+def chain_of(nodes, stages: dict) -> list[dict]:
+    """What actually ran: each stage with the backend and precision it loaded (``summary.json``'s
+    ``engine`` record of a learned stage; ``auto`` may have chosen OpenVINO or ONNX Runtime)."""
+    chain = []
+    for node in nodes:
+        conf = getattr(node.stage, "config", None)
+        entry = {"stage": node.name}
+        for key in ("method", "backend", "precision", "device", "refresh_every"):
+            if conf is not None and hasattr(conf, key):
+                entry[key] = getattr(conf, key)
+        engine = (stages.get(node.name) or {}).get("engine") or {}
+        for key in ("backend", "precision"):
+            if engine.get(key):
+                entry[key] = engine[key]
+        if entry.get("backend") == "auto":  # no engine record: the stage's own resolution of auto
+            entry["backend"] = getattr(node.stage, "backend", "auto")
+        chain.append(entry)
+    return chain
 
 
-def batches(frames: list[Frame], size: int):
-    size = max(1, int(size or 1))
-    for i in range(0, len(frames), size):
-        yield frames[i:i + size]
+def run_graph(config) -> dict:
+    """Build the stages and run them with the run command's builders; raise the run's first error."""
+    from pipeline.commands.run import live_overrides, open_sources
+    from pipeline.graph import Graph, build_stages
+    from pipeline.sinks.summary import latency_stats
 
-
-class HostCopies:
-    """Device tensors a GPU stage left in frames -> numpy, before a host stage or the encoder reads them.
-
-    The bench has no per-frame CUDA events (the graph does), so it waits for the whole device first.
-    Frames without tensors cost nothing and import nothing (the CPU bench).
-    """
-
-    def __init__(self):
-        self._downloader = None
-
-    def __call__(self, frames) -> None:
-        from pipeline.gpu import PinnedDownloader, data_to_host, is_tensor
-
-        if not any(is_tensor(v) for f in frames for v in f.data.values()):
-            return
-        import torch
-
-        torch.cuda.synchronize()
-        self._downloader = self._downloader or PinnedDownloader()
-        for f in frames:
-            data_to_host(f.data, self._downloader)
-
-
-def wait_for_device(stage) -> None:
-    """A stage on the device path returns before its GPU work is done: time the work, not the launch."""
-    if getattr(stage, "on_device", False):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def time_stage(stage, streams: list[list[np.ndarray]], produced: dict) -> dict:
-    times, count = [], 0
-    to_host = HostCopies()
-    on_device = getattr(stage, "on_device", False)
-    for group in groups(streams):
-        for batch in batches(group, stage.max_batch):
-            for f in batch:
-                fill_ports(f, stage, produced)
-            if not on_device:
-                to_host(batch)  # an earlier stage's device outputs: not this stage's time
-            t0 = time.perf_counter()
-            stage.process(batch)
-            wait_for_device(stage)
-            times.append(time.perf_counter() - t0)
-            count += len(batch)
-            for f in batch:
-                for port in stage.outputs:
-                    if port in f.data:
-                        produced[(f.stream, f.index, port)] = f.data[port]
-    return summarise(times, count)
-
-
-def run_chain(clip: bytes, width: int, height: int, k: int, frames: int, chain: list) -> dict:
-    """decode -> chain -> encode, one group of K frames (one per stream) per step."""
-    streams = [StreamIO(clip, width, height) for _ in range(k)]
-    times, count = [], 0
-    to_host = HostCopies()
+    nodes = build_stages(config.stages)
+    sources = open_sources(config)
     try:
-        for i in range(frames):
-            t0 = time.perf_counter()
-            group = []
-            for s_idx, s in enumerate(streams):
-                img = s.decode()
-                if img is not None:
-                    group.append(Frame(f"s{s_idx}", i + 1, i / 25.0, img))
-            if not group:
-                break
-            for stage in chain:
-                if not getattr(stage, "on_device", False):
-                    to_host(group)
-                for batch in batches(group, stage.max_batch):
-                    stage.process(batch)
-            to_host(group)  # download once before encoding
-            for f in group:
-                out = f.data.get("dehazed")
-                streams[int(f.stream[1:])].encoder.encode(out if out is not None else f.image)
-            times.append(time.perf_counter() - t0)
-            count += len(group)
-    finally:
-        for s in streams:
+        graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
+                      policy=config.runtime.policy, max_frames=None, live=live_overrides(config, sources),
+                      summary_interval_s=config.runtime.summary_interval_s)
+    except BaseException:
+        for s in sources:
             s.close()
-    return summarise(times, count)
+        raise
+    report = graph.run(sources)
+    done = time.monotonic()
+    if report.error is not None:
+        raise report.error
+    starts = [s.t_first_in for s in graph.streams.values() if s.t_first_in is not None]
+    frames = report.frames_processed
+    span = done - min(starts) if starts else 0.0
+    latency = np.concatenate([s.latency_s.values() for s in graph.streams.values()])
+    lat = latency_stats(latency)
+    outputs = sorted({str(p.relative_to(Path(config.output) / name)).split("/")[0]
+                      for name, paths in report.outputs.items() for p in paths} | {"summary.json"})
+    chain = chain_of(nodes, report.stages)
+    stages = {name: {k: s[k] for k in ("fps", "p50_ms", "p99_ms", "frames")} for name, s in report.stages.items()}
+    # how often a stage ran its network (dehaze: RI-GAN only every refresh_every frames)
+    network_runs = {n.name: n.stage.network_runs for n in nodes if isinstance(getattr(n.stage, "network_runs", None), int)}
+    return {"chain": chain, "stages": stages, "outputs": outputs, "dehazed_frames": dehazed_frames(report),
+            "network_runs": network_runs,
+            "fps": round(frames / span, 2) if span > 0 else None, "p50_ms": lat["p50_ms"],
+            "p99_ms": lat["p99_ms"], "frames": frames, "wall_s": round(span, 3)}
+
+
+def dehazed_frames(report) -> int | None:
+    """Frames the dehazing stage changed, from the run's events.jsonl (None when no stage reports it)."""
+    count, seen = 0, False
+    for paths in report.outputs.values():
+        for path in paths:
+            if path.name != "events.jsonl":
+                continue
+            for line in path.read_text().splitlines():
+                event = json.loads(line)
+                if "dehaze_applied" in event:
+                    seen = True
+                    count += bool(event["dehaze_applied"])
+    return count if seen else None
 
 
 # --- one configuration -----------------------------------------------------------------
-def bench_one(width: int, height: int, k: int, args, clip: bytes, log: Callable[[str], None]) -> dict:
-    run = {"resolution": f"{width}x{height}", "streams": k, "backend": args.backend, "precision": args.precision,
-           "device": args.device, "frames_per_stream": args.frames, "stages": {}, "skipped": {}}
-
-    decoded, times = [], []
-    for _ in range(k):
-        with StreamIO(clip, width, height) as s:
-            frames = []
-            while True:
-                t0 = time.perf_counter()
-                img = s.decode()
-                if img is None:
-                    break
-                times.append(time.perf_counter() - t0)
-                frames.append(img)
-            decoded.append(frames)
-    run["stages"]["decode"] = summarise(times, sum(len(f) for f in decoded))
-
-    if args.device == "cuda":
-        run["stages"].update(time_transfers(decoded))
-
-    produced: dict = {}
-    built = {}
-    for name in _stage_names():
-        stage, reason = build_stage(name, args)
-        if stage is None:
-            run["skipped"][name] = reason
-            log(f"  {name}: skipped ({reason})")
-            continue
-        try:
-            run["stages"][name] = time_stage(stage, decoded, produced)
-            built[name] = True
-        except Exception as e:
-            run["skipped"][name] = f"failed while running: {type(e).__name__}: {e}"
-        finally:
-            stage.close()
-
-    enc_times = []
-    for s_idx, frames in enumerate(decoded):
-        import av
-
-        with av.open(io.BytesIO(), "w", format="mp4") as out:
-            enc = VideoEncoder(out, width, height)
-            for img in frames:
-                t0 = time.perf_counter()
-                enc.encode(img)
-                enc_times.append(time.perf_counter() - t0)
-            enc.flush()
-    run["stages"]["encode"] = summarise(enc_times, sum(len(f) for f in decoded))
-
-    chain_names = [learned if built.get(learned) else fallback for learned, fallback in LEARNED_CHAIN]
-    chain_names = [n for n in chain_names if n and built.get(n)]
-    run["end_to_end"] = timed_chain(chain_names, clip, width, height, k, args)
-    base = timed_chain(list(BASELINE_CHAIN), clip, width, height, k, args)
-    run["baseline"] = {"name": "decode+mog2+dcp+encode", **base}
+def bench_one(width: int, height: int, k: int, backend: str, args, clip: Path) -> dict:
+    run = {"resolution": f"{width}x{height}", "streams": k, "backend": backend, "precision": args.precision,
+           "device": args.device, "frames_per_stream": args.frames, "config": args.config or "configs/default.yaml",
+           "forced": {"dehaze.when": "always"}}
+    with tempfile.TemporaryDirectory(prefix="hazeflow-bench-") as tmp:
+        learned = run_graph(bench_config(args, backend, clip, k, Path(tmp) / "learned"))
+        classical = run_graph(bench_config(args, backend, clip, k, Path(tmp) / "classical", classical=True))
+    run["chain"] = learned["chain"]
+    run["outputs"] = learned["outputs"]
+    run["stages"] = {"decode": time_decode(clip, k), **learned["stages"]}
+    names = [c["stage"] for c in learned["chain"]]
+    run["end_to_end"] = {"stages": ["decode", *names, "sinks"],
+                         **{key: learned[key] for key in ("fps", "p50_ms", "p99_ms", "frames", "wall_s",
+                                                          "dehazed_frames", "network_runs")}}
+    base_names = [c["stage"] for c in classical["chain"]]
+    run["baseline"] = {"name": "+".join(["decode", *base_names, "encode"]), "stages": ["decode", *base_names, "sinks"],
+                       "stage_fps": {n: s["fps"] for n, s in classical["stages"].items()},
+                       **{key: classical[key] for key in ("fps", "p50_ms", "p99_ms", "frames", "wall_s")}}
+    e, b = run["end_to_end"]["fps"], run["baseline"]["fps"]
+    run["ratio_to_baseline"] = round(e / b, 3) if e and b else None
     return run
 
 
-def timed_chain(names: list[str], clip: bytes, width: int, height: int, k: int, args) -> dict:
-    chain = []
-    try:
-        for name in names:
-            stage, reason = build_stage(name, args)
-            if stage is None:
-                return {"stages": names, "fps": None, "skipped": f"{name}: {reason}"}
-            chain.append(stage)
-        result = run_chain(clip, width, height, k, args.frames, chain)
-    except Exception as e:  # a stage that builds but fails on frames: recorded, the other runs go on
-        return {"stages": names, "fps": None, "error": f"{type(e).__name__}: {e}"[:300]}
-    finally:
-        for stage in chain:
-            stage.close()
-    return {"stages": ["decode", *names, "encode"], **result}
-
-
-def time_transfers(decoded: list[list[np.ndarray]]) -> dict:
-    """Pinned upload (+ BGR->float) and download of every frame, timed with CUDA events' host wait."""
-    import torch
-
-    from pipeline.gpu import PinnedDownloader, PinnedUploader, bgr_to_model_input
-
-    stream = torch.cuda.Stream()
-    up, down = PinnedUploader(), PinnedDownloader()
-    up_t, down_t = [], []
-    for frames in decoded:
-        for img in frames:
-            t0 = time.perf_counter()
-            dev = up.upload(img, stream)
-            with torch.cuda.stream(stream):
-                x = bgr_to_model_input(dev)
-            stream.synchronize()
-            up_t.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            down.download(dev, stream)
-            down_t.append(time.perf_counter() - t0)
-            del x
-    n = sum(len(f) for f in decoded)
-    return {"upload": summarise(up_t, n), "download": summarise(down_t, n)}
-
-
-def _stage_names() -> list[str]:
-    from pipeline.stages import REGISTRY
-
-    return [n for n in STAGE_ORDER if n in REGISTRY] + [n for n in REGISTRY if n not in STAGE_ORDER]
-
-
 # --- machine and reports ---------------------------------------------------------------
+def git_commit() -> dict:
+    """The checkout's commit (and whether it has uncommitted changes), or "unknown" outside one."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return {"commit": "unknown"}
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown"}
+
+
 def machine_info(device: str) -> dict:
     import cv2
     import onnxruntime
+
+    from pipeline.sinks.video import pick_codec
 
     cpu = platform.processor() or ""
     try:
@@ -431,12 +272,19 @@ def machine_info(device: str) -> dict:
                 break
     except OSError:
         pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu, "cores": cores, "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
         "codec": pick_codec(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
+    try:
+        import openvino
+
+        info["openvino"] = openvino.__version__
+    except ImportError:
+        pass
     if device == "cuda":
         import torch
 
@@ -449,23 +297,33 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
-    lines = [f"\n### {when}: {m['cpu']} ({m['cores']} cores){gpu}, load average {m.get('load_avg_1m', 'n/a')}\n"]
+    commit = result.get("commit", {})
+    rev = str(commit.get("commit", "unknown"))[:12] + (" (uncommitted changes)" if commit.get("dirty") else "")
+    lines = [f"\n### {when}: {m['cpu']} ({m['cores']} cores){gpu}, load average {m.get('load_avg_1m', 'n/a')}, "
+             f"commit {rev}\n"]
     for run in result["runs"]:
+        chain = ", ".join(_chain_text(c) for c in run["chain"])
         lines.append(f"\n**{run['resolution']}, {run['streams']} stream(s)**, backend {run['backend']}, "
-                     f"precision {run['precision']}, device {run['device']}, {run['frames_per_stream']} frames/stream\n")
+                     f"precision {run['precision']}, device {run['device']}, {run['frames_per_stream']} frames/stream; "
+                     f"chain: {chain}; outputs: {', '.join(run['outputs'])}\n")
         lines.append("| stage | frames/s | p50 ms | p99 ms |\n|---|---:|---:|---:|")
         for name, s in run["stages"].items():
             lines.append(f"| {name} | {_num(s['fps'])} | {_num(s['p50_ms'])} | {_num(s['p99_ms'])} |")
         e, b = run["end_to_end"], run["baseline"]
-        lines.append(f"| **end to end** ({' + '.join(e.get('stages', []))}) | {_num(e.get('fps'))} | "
-                     f"{_num(e.get('p50_ms'))} | {_num(e.get('p99_ms'))} |")
-        lines.append(f"| **baseline** ({b['name']}) | {_num(b.get('fps'))} | {_num(b.get('p50_ms'))} | {_num(b.get('p99_ms'))} |")
-        notes = [f"- skipped `{name}`: {why}" for name, why in run["skipped"].items()]
-        notes += [f"- {label} failed: {r['error']}" for label, r in (("end to end", e), ("baseline", b)) if r.get("error")]
-        if notes:
-            lines.append("")
-            lines.extend(notes)
+        lines.append(f"| **end to end** ({' + '.join(e['stages'])}) | {_num(e['fps'])} | "
+                     f"{_num(e['p50_ms'])} | {_num(e['p99_ms'])} |")
+        lines.append(f"| **baseline** ({b['name']}) | {_num(b['fps'])} | {_num(b['p50_ms'])} | {_num(b['p99_ms'])} |")
+        lines.append(f"\nend to end / baseline: {_num(run['ratio_to_baseline'])}; frames dehazed (every frame is "
+                     f"hazy): {_num(e.get('dehazed_frames'))} of {_num(e['frames'])}"
+                     + "".join(f"; {name} ran its network on {n} frames" for name, n in e.get("network_runs", {}).items()))
     return "\n".join(lines) + "\n"
+
+
+def _chain_text(entry: dict) -> str:
+    extra = [str(entry[k]) for k in ("method", "backend", "precision") if k in entry]
+    if entry.get("refresh_every", 1) != 1:
+        extra.append(f"refresh_every {entry['refresh_every']}")
+    return f"{entry['stage']} ({' '.join(extra)})" if extra else entry["stage"]
 
 
 def _num(v) -> str:
@@ -475,6 +333,7 @@ def _num(v) -> str:
 def main(args) -> int:
     resolutions = [parse_size(r) for r in (args.resolution or DEFAULT_RESOLUTIONS)]
     streams = args.streams or [1]
+    backends = args.backend or ["auto"]
     if any(k < 1 for k in streams) or args.frames < 2:
         raise ConfigError("bench", "--streams must be >= 1 and --frames >= 2")
     if args.device == "cuda":
@@ -483,18 +342,21 @@ def main(args) -> int:
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda", "no CUDA device (torch.cuda.is_available() is False)")
     args.threads = getattr(args, "threads", None) or 0
+    args.config = getattr(args, "config", None)
     quiet = args.json == "-"
     log = (lambda msg: print(msg, file=sys.stderr)) if quiet else print
     runs = []
-    for w, h in resolutions:
-        clip = encode_clip(render_frames(w, h, args.frames))
-        for k in streams:
-            log(f"bench {w}x{h}, {k} stream(s), {args.frames} frames each")
-            runs.append(bench_one(w, h, k, args, clip, log))
-            e, b = runs[-1]["end_to_end"], runs[-1]["baseline"]
-            log(f"  end to end {_num(e.get('fps'))} frames/s ({' + '.join(e.get('stages', []))}); "
-                f"baseline {_num(b.get('fps'))} frames/s")
-    result = {"machine": machine_info(args.device), "runs": runs}
+    with tempfile.TemporaryDirectory(prefix="hazeflow-clip-") as tmp:
+        for w, h in resolutions:
+            clip = write_clip(Path(tmp) / f"hazy_{w}x{h}.mp4", render_frames(w, h, args.frames))
+            for k in streams:
+                for backend in backends:
+                    log(f"bench {w}x{h}, {k} stream(s), backend {backend}, {args.frames} frames each")
+                    runs.append(bench_one(w, h, k, backend, args, clip))
+                    e, b = runs[-1]["end_to_end"], runs[-1]["baseline"]
+                    log(f"  end to end {_num(e['fps'])} frames/s ({' + '.join(e['stages'])}); "
+                        f"classical {_num(b['fps'])} frames/s ({b['name']})")
+    result = {"machine": machine_info(args.device), "commit": git_commit(), "runs": runs}
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)

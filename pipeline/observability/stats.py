@@ -414,6 +414,7 @@ class Observer:
             "stalls": s.stalls,
             "interrupted": self.interrupted,
             "outputs": sorted(str(p.relative_to(out.folder)) for p in out.paths()),
+            **out.summaries(),  # e.g. "analytics": totals and time bins
         }
 
 

@@ -6,7 +6,8 @@ when complete (``pipeline.sinks.atomic``).
 
 With ``outputs.segment_s > 0`` (the default for live streams) the same outputs
 are cut into segments named by their UTC start, ``dehazed/<stem>.mp4``,
-``preview/<stem>.mp4``, ``events/<stem>.jsonl`` and ``masks/<stem>/``; the open
+``preview/<stem>.mp4``, ``events/<stem>.jsonl``, ``analytics/<stem>.csv`` and
+``masks/<stem>/``; the open
 one carries ``.open`` in its name (``pipeline.sinks.segments``).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 
 from pipeline.gpu import data_to_host
+from pipeline.sinks.analytics import AnalyticsSink, AnalyticsTotals
 from pipeline.sinks.atomic import inside, safe_name
 from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
@@ -59,6 +61,7 @@ class StreamOutputs:
         self._segment_frames = 0
         self._size = None  # (h, w) of the open segment's frames
         self._clock = SegmentClock(self.segment_s, live) if self.segment_s > 0 else None
+        self._analytics_totals = AnalyticsTotals()
         self._retention = Retention.shared(Path(root), getattr(outputs, "keep_hours", None),
                                            getattr(outputs, "max_disk_gb", None))
 
@@ -74,6 +77,9 @@ class StreamOutputs:
             self.sinks.append(PreviewSink(self.folder, o.codec, o.crf, self.fps, o.preview_scale, segment=segment))
         if o.events:
             self.sinks.append(EventsSink(self.folder, segment=segment))
+        # writes only when the analytics stage ran; in segments one CSV per segment, summary.json the whole run
+        self.sinks.append(AnalyticsSink(self.folder, self.stream, segment=segment,
+                                        totals=self._analytics_totals if segment is not None else None))
         self._opened = True
 
     def write(self, frame) -> None:
@@ -130,6 +136,14 @@ class StreamOutputs:
             self.segment = None
         if first is not None:
             raise first
+
+    def summaries(self) -> dict:
+        """Sections sinks add to this stream's summary.json (``analytics``)."""
+        out = {}
+        for sink in self.sinks:
+            if hasattr(sink, "summary"):
+                out.update(sink.summary())
+        return out
 
     def paths(self) -> list[Path]:
         """Files written (one file per input), or the folders of the segments."""

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.frame import Frame
 from pipeline.sinks.atomic import commit, partial_path
 
-_OPTIONAL = ("haze_score", "dehaze_applied")
+_OPTIONAL = ("haze_score", "dehaze_applied", "crossings")
 
 
 def _plain(value):

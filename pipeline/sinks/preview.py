@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.analytics.draw import AnalyticsOverlay
 from pipeline.frame import Frame
 from pipeline.sinks.video import VideoWriter, segment_writer
 
@@ -33,6 +34,7 @@ class PreviewSink:
         self.scale = scale
         self._canvas = None
         self._tint = None
+        self._analytics = AnalyticsOverlay()  # lines, zones, track ids with trails (when the stage ran)
 
     @property
     def paths(self):
@@ -61,6 +63,7 @@ class PreviewSink:
             cv2.addWeighted(right, 0.5, self._tint, 0.5, 0.0, dst=self._tint)
             cv2.copyTo(self._tint, mask, right)
         self._annotate(frame, left, right)
+        self._analytics.draw(right, frame)
         image = self._canvas
         if self.scale != 1.0:
             image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)

@@ -46,7 +46,7 @@ log = logging.getLogger("hazeflow.sinks")
 #: marks the segment being written: ``STEM.open.mp4``
 OPEN_TAG = ".open"
 #: subfolders of a stream folder that hold segment files, with their extension ("" = folder per segment)
-KINDS = {"dehazed": ".mp4", "preview": ".mp4", "events": ".jsonl", "masks": ""}
+KINDS = {"dehazed": ".mp4", "preview": ".mp4", "events": ".jsonl", "masks": "", "analytics": ".csv"}
 #: default segment length for live streams when ``outputs.segment_s`` is not set
 LIVE_SEGMENT_S = 300.0
 #: longest video fragment of an open segment, i.e. the most a kill -9 loses (the encoder's delay aside)

@@ -103,8 +103,14 @@ class SceneParams:
     horizon: float = 0.3              #: horizon row as a fraction of the height
     palette: tuple[tuple[int, int, int], ...] | None = None  #: BGR body colours; None: built-in
     nuisances: Nuisances = field(default_factory=Nuisances)
+    #: "scale": each lane grows a vehicle's image scale by a constant ratio per frame (the original
+    #: motion); "ground": each lane moves its vehicles at a constant speed on the ground plane
+    #: (metres per frame, see :meth:`SceneGenerator.lane_speeds`), as real traffic does
+    motion: str = "scale"
 
     def __post_init__(self):
+        if self.motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {', '.join(MOTIONS)}, got {self.motion!r}")
         if not (32 <= self.width <= 8192 and 32 <= self.height <= 8192):
             raise ValueError(f"size must be between 32x32 and 8192x8192, got {self.width}x{self.height}")
         if self.frames is not None and self.frames < 1:
@@ -124,6 +130,15 @@ class SceneParams:
         if self.nuisances.jitter > min(self.width, self.height) // 8:
             raise ValueError(f"jitter {self.nuisances.jitter} px is too large for {self.width}x{self.height}")
 
+
+MOTIONS = ("scale", "ground")
+#: ground-plane scale of the scene: depth of the picture's bottom row (as in pipeline.haze.road_depth)
+#: and the width of one lane, in metres
+NEAR_DEPTH_M = 3.0
+LANE_WIDTH_M = 3.5
+#: "ground" motion: a lane's speed in metres per frame is its scale rate times this (rates
+#: 0.035..0.07 -> 0.5..1.0 m per frame, 45..91 km/h at 25 frames/s)
+GROUND_SPEED_PER_RATE = 14.4
 
 _PALETTE = (  # BGR: white, silver, black, red, blue, dark green, yellow, orange, maroon, navy
     (235, 235, 235), (190, 190, 185), (35, 35, 40), (40, 40, 200), (170, 90, 30),
@@ -154,6 +169,7 @@ class _Vehicle:
     height: float      # at scale 1, px
     colour: tuple[int, int, int]
     alive: bool = True
+    id: int = 0        # 1, 2, ... in order of entry (exact identity for tracker scoring)
 
 
 class SceneGenerator:
@@ -216,6 +232,8 @@ class SceneGenerator:
         self._last_bodies: list[tuple[np.ndarray, float]] = []  # (polygon, depth) of the last hazy frame
         self._last_window: tuple[slice, slice] | None = None
         self._vehicles: list[_Vehicle] = []
+        self._next_id = 1
+        self._last_objects: list[dict] = []
         self._t = 0
         for _ in range(int(3 / max(min(l.rate for l in self._lanes), 1e-3))):  # warm up: traffic already flowing
             self._step_traffic()
@@ -328,8 +346,13 @@ class SceneGenerator:
     # --- traffic ----------------------------------------------------------------
     def _step_traffic(self) -> None:
         rng = self._traffic
+        ground = self.params.motion == "ground"
         for v in self._vehicles:
-            v.s *= 1 + v.lane.direction * v.lane.rate
+            if ground:  # depth = NEAR_DEPTH_M / s shrinks (approaching) or grows by a constant step
+                depth = NEAR_DEPTH_M / v.s - v.lane.direction * v.lane.rate * GROUND_SPEED_PER_RATE
+                v.s = NEAR_DEPTH_M / depth if depth > 0 else 1e3
+            else:
+                v.s *= 1 + v.lane.direction * v.lane.rate
             top_s = v.s * (1 - v.height / self.span)
             if (v.lane.direction > 0 and top_s * self.span > self.canvas_h - self.horizon_row) or \
                (v.lane.direction < 0 and v.s < 0.05):
@@ -357,7 +380,8 @@ class SceneGenerator:
             s = (self.canvas_h - self.horizon_row) / self.span / ratio  # top just at the bottom edge
             if last is not None and last.s / s > margin * ratio:
                 return
-        vehicle = _Vehicle(lane, s, width, height, tuple(int(c) for c in colour))
+        vehicle = _Vehicle(lane, s, width, height, tuple(int(c) for c in colour), id=self._next_id)
+        self._next_id += 1
         lane.newest = vehicle
         self._vehicles.append(vehicle)
 
@@ -454,6 +478,7 @@ class SceneGenerator:
         for v, box in zip(vehicles, boxes):
             self._draw_vehicle(canvas, box, v.colour)
         dx, dy = (self._shake.integers(-n.jitter, n.jitter + 1, 2) if n.jitter else (0, 0))
+        self._record_objects(vehicles, boxes, dx, dy)
         rows = slice(self.pad + dy, self.pad + dy + p.height)
         cols = slice(self.pad + dx, self.pad + dx + p.width)
         truth = self._truth[rows, cols].copy()
@@ -485,7 +510,52 @@ class SceneGenerator:
             return cv2.add(f, noise, dtype=cv2.CV_8U)  # rounds and saturates to [0, 255]
         return cv2.add(f, (0.0, 0.0, 0.0, 0.0), dtype=cv2.CV_8U)
 
+    def _record_objects(self, vehicles, boxes, dx, dy) -> None:
+        ox, oy = self.pad + dx, self.pad + dy  # canvas -> picture
+        p = self.params
+        objects = []
+        for v, (x0, y0, x1, y1) in zip(vehicles, boxes):
+            bx0, by0 = max(x0 - ox, 0.0), max(y0 - oy, 0.0)
+            bx1, by1 = min(x1 - ox, float(p.width)), min(y1 - oy, float(p.height))
+            if bx1 <= bx0 or by1 <= by0:
+                continue  # wholly outside the picture
+            objects.append({"id": v.id, "box": (bx0, by0, bx1 - bx0, by1 - by0), "direction": v.lane.direction,
+                            "lane": self._lanes.index(v.lane),
+                            "ground": (self._lateral_m(v.lane.centre), NEAR_DEPTH_M / v.s),
+                            "base": ((x0 + x1) / 2 - ox, y1 - oy)})
+        self._last_objects = objects
+
+    def _lateral_m(self, centre_px: float) -> float:
+        return centre_px * LANE_WIDTH_M * self.params.lanes / (2 * self.road_half)
+
     # --- public ------------------------------------------------------------------
+    def objects(self) -> list[dict]:
+        """The vehicles of the last frame: ``id``, ``box`` (x, y, w, h, float, clipped to the picture),
+        ``direction`` (+1 towards the camera, -1 away), ``lane`` (index into :meth:`lane_speeds`), ``ground`` (lateral, depth) in metres of the
+        base centre, and ``base`` (x, y) its exact position in the picture (which may lie outside
+        it; with ``nuisances.jitter`` the shaken picture)."""
+        return list(self._last_objects)
+
+    def lane_speeds(self, fps: float) -> list[tuple[int, float]]:
+        """(direction, km/h) of each lane for ``motion="ground"`` at ``fps`` frames per second."""
+        if self.params.motion != "ground":
+            raise ValueError("lane speeds in km/h exist only for motion='ground'")
+        return [(lane.direction, lane.rate * GROUND_SPEED_PER_RATE * fps * 3.6) for lane in self._lanes]
+
+    def image_from_ground(self, lateral_m: float, depth_m: float) -> tuple[float, float]:
+        """The picture point (x, y) of a ground point (camera at rest): the exact inverse of ``ground``."""
+        s = NEAR_DEPTH_M / depth_m
+        centre_px = lateral_m * 2 * self.road_half / (LANE_WIDTH_M * self.params.lanes)
+        return self.vp_x + centre_px * s - self.pad, self.horizon_row + s * self.span - self.pad
+
+    def calibration(self, depths: tuple[float, float] = (6.0, 20.0)) -> dict:
+        """Four picture points on the road edges at two depths and their ground coordinates in
+        metres, in the form of the analytics stage's ``calibration`` key."""
+        half = LANE_WIDTH_M * self.params.lanes / 2
+        ground = [(-half, depths[1]), (half, depths[1]), (half, depths[0]), (-half, depths[0])]
+        image = [list(self.image_from_ground(x, z)) for x, z in ground]
+        return {"image": image, "ground": [list(g) for g in ground]}
+
     def next_frame(self) -> tuple[np.ndarray, np.ndarray]:
         """Render the current state, then advance the traffic by one frame."""
         out = self._render()
@@ -547,15 +617,17 @@ def render_scene(params: SceneParams, seed: int = 0) -> Iterator[tuple[np.ndarra
 # --- URI -------------------------------------------------------------------------
 SCENES = ("traffic",)
 _FLOAT_KEYS = {"haze", "density", "speed", "airlight", "horizon"}
+_STR_KEYS = {"motion"}
 _INT_KEYS = {"frames", "lanes", "seed"}
 _NUISANCE_KEYS = {f.name for f in dataclasses.fields(Nuisances)}
-_URI_KEYS = sorted(_FLOAT_KEYS | _INT_KEYS | _NUISANCE_KEYS | {"size", "nuisances"})
+_URI_KEYS = sorted(_FLOAT_KEYS | _INT_KEYS | _STR_KEYS | _NUISANCE_KEYS | {"size", "nuisances"})
 
 
 def parse_synthetic_uri(uri: str) -> tuple[SceneParams, int]:
     """``synthetic:traffic?size=640x360&frames=300&haze=0.5&seed=1`` -> (SceneParams, seed).
 
     Keys: size, frames (0 = endless), lanes, density, speed, haze, airlight, horizon, seed,
+    motion (scale|ground, default scale),
     nuisances (preset: none|mild|hard, default none) and the Nuisances fields
     (illumination, jitter, shadows, sway, noise) that override the preset.
     Raises SourceError naming the URI and the bad parameter.
@@ -583,6 +655,8 @@ def parse_synthetic_uri(uri: str) -> tuple[SceneParams, int]:
                 values["width"], values["height"] = int(w), int(h)
             elif key == "nuisances":
                 preset = raw
+            elif key in _STR_KEYS:
+                values[key] = raw
             elif key == "seed":
                 seed = int(raw)
             elif key == "frames":

@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "knn": "pipeline.stages.background:KnnStage",           # OpenCV KNN foreground
     "msfgnet": "pipeline.stages.msfgnet:MsfgnetStage",      # learned foreground (Patil & Murala 2018)
     "blobs": "pipeline.stages.blobs:BlobStage",             # connected components -> boxes, tracks, counts
+    "analytics": "pipeline.stages.analytics:AnalyticsStage",  # counting lines, zones, speed per track
 }
 
 

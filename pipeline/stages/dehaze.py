@@ -1,10 +1,13 @@
 """Dehazing stage: RI-GAN (Dudhane et al., CVPR-W 2019) or DCP, gated by the haze score.
 
-Gate (``when: auto``): the haze score of pipeline.stages.dcp (mean dark channel
-of a 96x54 copy, He et al. 2009) is computed for every frame (< 1 ms); or, with
-``score: density``, the network's own mean haze density 1 - t on a copy
-``score_width`` pixels wide (a few ms; ``score_every`` N reuses it for N frames),
-which finds far more real hazy scenes (docs/models.md, tools/gate_study.py). A stream
+Gate (``when: auto``): by default (``score: auto`` with RI-GAN) the network's own
+mean haze density 1 - t on a copy ``score_width`` pixels wide (a few ms, once every
+``score_every`` = 8 frames, reused in between), which finds far more real hazy
+scenes than the dark channel (docs/models.md, tools/gate_study.py); or, with
+``score: dark_channel`` (what ``auto`` means for ``method: dcp`` and for ``when:
+always | never``, where the score gates nothing and only goes to events.jsonl), the
+haze score of pipeline.stages.dcp (mean dark channel of a 96x54 copy, He et al.
+2009, < 1 ms). A stream
 switches dehazing on after ``hold_frames`` consecutive frames at or above
 ``threshold`` and off after ``hold_frames`` consecutive frames below
 ``threshold - hysteresis``, so a score hovering near the threshold does not make
@@ -20,6 +23,15 @@ applied to the full-size grey frame, so t keeps the frame's edges. A graph
 without those outputs falls back to fitting dehazed ≈ a·hazy + b per channel
 the same way. At ``internal_scale: 1`` the frame is reflect-padded to the
 stride and cropped back.
+
+Reuse across frames (``internal_scale`` < 1, host and device paths): a fixed camera's haze
+changes over seconds, not frames, so RI-GAN runs on every ``refresh_every``-th
+dehazed frame of a stream, or sooner when a small grey thumbnail moved by
+``refresh_change`` since the last run (a cut, a camera move, a fog bank); the
+frames between keep its t and A and only redo the cheap part, the guided fit on
+their own grey image and J = (I − A)/t + A. ``refresh_every: 1`` runs the network
+on every frame. The values were chosen on synthetic validation seeds against
+RI-GAN on every frame (tools/realtime_dehaze.py, docs/models.md).
 
 Ports: ``dehazed`` (uint8 BGR, the input array itself when not applied),
 ``haze_score`` (float), ``dehaze_applied`` (bool). The runtime needs no torch:
@@ -112,29 +124,73 @@ class TransmissionUpsampler:
 
     def __init__(self, radius: int = 4, eps: float = 1e-3, t_min: float = 0.05):
         self.radius, self.eps, self.t_min = radius, eps, t_min
-        self._shape = None
 
     def __call__(self, t_low: np.ndarray, airlight: np.ndarray, grey_low: np.ndarray,
                  image: np.ndarray) -> np.ndarray:
         """``t_low``, ``grey_low``: hxw float32; ``airlight``: 3 floats in [0, 1]; ``image``: HxWx3 uint8."""
         alpha, beta = guided_coefficients(grey_low, t_low, self.radius, self.eps)
         h, w = image.shape[:2]
-        if self._shape != (h, w):
-            self._shape = (h, w)
-            self._f = np.empty((h, w, 3), np.float32)
-            self._grey = np.empty((h, w), np.float32)
-        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        grey = np.multiply(grey, np.float32(1.0 / 255.0), out=self._grey, casting="unsafe")
         t = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
-        cv2.multiply(t, grey, dst=t)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        t = cv2.multiply(t, grey, dst=t, scale=1.0 / 255.0, dtype=cv2.CV_32F)
         cv2.add(t, cv2.resize(beta, (w, h), interpolation=cv2.INTER_LINEAR), dst=t)
-        np.maximum(t, self.t_min, out=t)
-        r = cv2.divide(1.0, t, dst=t)
-        a = tuple(float(v) * 255.0 for v in np.asarray(airlight).reshape(3)) + (0.0,)
-        f = cv2.subtract(image.astype(np.float32), a)            # I - A
-        cv2.multiply(f, cv2.merge((r, r, r), dst=self._f), dst=f)  # (I - A) / t
-        cv2.add(f, a, dst=f)                                      # + A
-        return cv2.convertScaleAbs(cv2.max(f, 0.0, dst=f))        # clip to [0, 255] (max first: no abs)
+        cv2.max(t, self.t_min, dst=t)
+        r = cv2.divide(1.0, t, dst=t)    # 1/t
+        s = cv2.subtract(1.0, r)         # 1 - 1/t
+        # J = (I - A)/t + A = I/t + A (1 - 1/t), one plane at a time: OpenCV does not broadcast a
+        # single-channel map over three channels, and per plane it is three passes, no 3-channel copies
+        planes = []
+        for c, plane in enumerate(cv2.split(image)):
+            f = cv2.multiply(plane, r, dtype=cv2.CV_32F)
+            f = cv2.scaleAdd(s, float(airlight[c]) * 255.0, f, dst=f)
+            planes.append(cv2.add(f, 0.0, dtype=cv2.CV_8U))  # rounds and saturates to [0, 255]
+        return cv2.merge(planes)
+
+
+class HazeMemory:
+    """One stream's last RI-GAN transmission (internal size) and airlight, and how old they are.
+
+    Stale after ``every`` frames, or at once when the scene changed: the median absolute difference of
+    a 32 px wide grey thumbnail against the one at the refresh is at least ``change``. The median
+    ignores vehicles moving through the picture (they cover less than half of it; a mean over a
+    filling road grew as much as at a cut on synthetic traffic) but not a cut, a camera move or fog
+    that thickens over the whole picture; the thumbnail averages sensor noise away.
+    """
+
+    THUMB_W = 32
+
+    __slots__ = ("t_low", "airlight", "thumb", "age")
+
+    def __init__(self, t_low, airlight, grey_low: np.ndarray):
+        """``t_low``/``airlight``: the caller's own copies (numpy, or device tensors on the device path;
+        a runner may reuse its output buffers); ``grey_low``: the host grey image at the internal size."""
+        self.t_low, self.airlight = t_low, airlight
+        self.thumb = self.thumbnail(grey_low)
+        self.age = 0
+
+    @classmethod
+    def thumbnail(cls, grey: np.ndarray) -> np.ndarray:
+        h, w = grey.shape[:2]
+        tw = min(cls.THUMB_W, w)
+        return cv2.resize(grey, (tw, max(1, round(h * tw / w))), interpolation=cv2.INTER_AREA)
+
+    def change(self, grey_low: np.ndarray) -> float:
+        thumb = self.thumbnail(grey_low)
+        if thumb.shape != self.thumb.shape:
+            return 1.0
+        return float(np.median(cv2.absdiff(thumb, self.thumb)))
+
+    def stale(self, grey_low: np.ndarray, every: int, change: float) -> bool:
+        return (self.age >= every or tuple(self.t_low.shape[-2:]) != grey_low.shape
+                or self.change(grey_low) >= change)
+
+
+def resolve_score(c) -> str:
+    """The gate's score: ``auto`` is RI-GAN's density where it gates RI-GAN (``when: auto``); elsewhere the
+    score only informs (events.jsonl), and the dark channel's costs almost nothing."""
+    if c.score != "auto":
+        return c.score
+    return "density" if c.method == "rigan" and c.when == "auto" else "dark_channel"
 
 
 class DehazeStage(LearnedStage):
@@ -149,11 +205,12 @@ class DehazeStage(LearnedStage):
     class Config:
         when: Literal["always", "never", "auto"] = "auto"
         method: Literal["rigan", "dcp"] = "rigan"
-        score: Literal["dark_channel", "density"] = "dark_channel"  # gate's haze score (density: RI-GAN's 1 - t)
+        score: Literal["auto", "dark_channel", "density"] = "auto"  # gate's haze score (density: RI-GAN's 1 - t;
+                                      # auto: density for RI-GAN with when: auto, else dark_channel)
         threshold: float | None = None   # score that switches dehazing on (auto); None: 0.5 dark_channel, 0.12 density
         hysteresis: float | None = None  # switches off below threshold - hysteresis; None: 0.04 / 0.02
         score_width: int = 160        # density: width in pixels of the copy the network scores
-        score_every: int = 1          # score every Nth frame of a stream, reuse it in between
+        score_every: int = 8          # score every Nth frame of a stream, reuse it in between
         hold_frames: int = 5          # consecutive frames beyond a threshold before switching
         backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = "auto"
         precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"  # engines.constants.SUPPORTED
@@ -166,12 +223,15 @@ class DehazeStage(LearnedStage):
         guided_radius: int = 4        # window radius of the guided upsampling at the internal size
         guided_eps: float = 1e-3
         threads: int | None = None    # ONNX Runtime intra-op threads (None = all cores)
+        refresh_every: int = 4        # RI-GAN every Nth dehazed frame of a stream, its t and A reused
+                                      # between (1 = every frame)
+        refresh_change: float = 0.01  # ... or sooner when the scene changes by this much (median |grey diff|, [0, 1])
 
     def __init__(self, config: "DehazeStage.Config | None" = None):
         self.config = config or self.Config()
         _check(self.config)
         c = self.config  # the network runs in these cases
-        self.check_engine_config(runs=c.method == "rigan" and (c.when != "never" or c.score == "density"))
+        self.check_engine_config(runs=c.method == "rigan" and (c.when != "never" or resolve_score(c) == "density"))
         self._runner = None
         self._device_capable = None  # resolved once (auto may probe TensorRT)
         self._stream = None      # CUDA stream from the graph (device path)
@@ -179,8 +239,11 @@ class DehazeStage(LearnedStage):
         self._gates: dict[str, _Gate] = {}
         self._dcp: dict[str, DarkChannelDehazer] = {}
         c = self.config
-        self.threshold = DEFAULT_THRESHOLDS[c.score][0] if c.threshold is None else c.threshold
-        self.hysteresis = DEFAULT_THRESHOLDS[c.score][1] if c.hysteresis is None else c.hysteresis
+        self.score = resolve_score(c)
+        self.threshold = DEFAULT_THRESHOLDS[self.score][0] if c.threshold is None else c.threshold
+        self.hysteresis = DEFAULT_THRESHOLDS[self.score][1] if c.hysteresis is None else c.hysteresis
+        self._haze: dict[str, HazeMemory] = {}  # stream -> t and A of its last RI-GAN run
+        self.network_runs = 0  # RI-GAN calls on the frames (the density score's calls not included)
         self._scores: dict[str, tuple[int, float]] = {}  # stream -> (frames since scored, score)
         self._upsampler = GuidedUpsampler(self.config.guided_radius, self.config.guided_eps)
         self._t_upsampler = TransmissionUpsampler(self.config.guided_radius, self.config.guided_eps)
@@ -200,7 +263,7 @@ class DehazeStage(LearnedStage):
     # --- lifecycle -----------------------------------------------------------
     def setup(self) -> None:
         c = self.config
-        if c.method != "rigan" or self._runner is not None or (c.when == "never" and c.score != "density"):
+        if c.method != "rigan" or self._runner is not None or (c.when == "never" and self.score != "density"):
             return
         self._runner = self.acquire_runner(self.max_batch, factory=c.torch_factory)
 
@@ -217,6 +280,7 @@ class DehazeStage(LearnedStage):
         self._gates.pop(stream, None)
         self._dcp.pop(stream, None)
         self._scores.pop(stream, None)
+        self._haze.pop(stream, None)
 
     # --- per frame -------------------------------------------------------------
     def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
@@ -241,8 +305,9 @@ class DehazeStage(LearnedStage):
             frame.data["dehaze_applied"] = apply
             if not apply:
                 frame.data["dehazed"] = image
+                self._haze.pop(frame.stream, None)  # t and A from before a clear spell are not reused after it
             elif self.on_device:
-                frame.data["dehazed"] = self._rigan_device(image)
+                frame.data["dehazed"] = self._rigan_device(image, frame.stream)
             else:
                 frame.data["dehazed"] = self.dehaze(image, frame.stream)
         return frames
@@ -251,7 +316,7 @@ class DehazeStage(LearnedStage):
         """The gate's haze score, recomputed every ``score_every`` frames of a stream."""
         since, score = self._scores.get(stream, (self.config.score_every, 0.0))
         if since >= self.config.score_every:
-            since, score = 0, haze_score(image) if self.config.score == "dark_channel" else self.density(image)
+            since, score = 0, haze_score(image) if self.score == "dark_channel" else self.density(image)
         self._scores[stream] = (since + 1, score)
         return score
 
@@ -282,7 +347,7 @@ class DehazeStage(LearnedStage):
             return dehazer.dehaze(image)
         if self._runner is None:
             self.setup()
-        return self._rigan(image)
+        return self._rigan(image, stream)
 
     def _network_size(self, w: int, h: int) -> tuple[int, int]:
         """(w, h) of the network input for a w x h frame (as _network_input makes it)."""
@@ -302,14 +367,13 @@ class DehazeStage(LearnedStage):
             small = cv2.copyMakeBorder(image, 0, ph, 0, pw, border) if (ph or pw) else image
         low = small.astype(np.float32)
         low *= np.float32(1.0 / 255.0)
-        return low, np.ascontiguousarray(low.transpose(2, 0, 1))[None]
+        return low, _nchw(low)
 
-    def _rigan(self, image: np.ndarray) -> np.ndarray:
+    def _rigan(self, image: np.ndarray, stream: str = "") -> np.ndarray:
+        if self.config.internal_scale < 1.0 and self.config.refresh_every > 1:
+            return self._rigan_reusing(image, stream)
         low, x = self._network_input(image)
-        try:
-            outs = self._runner.infer({"hazy": x})
-        except Exception as e:
-            raise StageError("dehaze", f"RI-GAN inference failed on a {image.shape[1]}x{image.shape[0]} frame: {e}") from e
+        outs = self._infer(image, x)
         h, w = image.shape[:2]
         if self.config.internal_scale >= 1.0:
             out = np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0)[:h, :w])
@@ -320,8 +384,45 @@ class DehazeStage(LearnedStage):
         out_low = np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0))
         return self._upsampler(low, out_low, image)
 
-    def _rigan_device(self, image: np.ndarray):
-        """The host path's _rigan on the GPU: HxWx3 uint8 numpy in, HxWx3 uint8 CUDA tensor out (async)."""
+    def _rigan_reusing(self, image: np.ndarray, stream: str) -> np.ndarray:
+        """RI-GAN every ``refresh_every`` frames (or at a scene change); the frames between reuse its t and A.
+
+        A fixed camera's haze changes over seconds, so the transmission and airlight of a recent frame
+        still describe this one; each frame is recovered with the scattering model J = (I - A)/t + A
+        (He et al. 2009, eq. 22), t carried to full size by the guided filter fitted on *this* frame's
+        grey image, so edges of objects that moved since the refresh follow the current frame.
+        """
+        c = self.config
+        low, grey_low = self._low(image)
+        memory = self._haze.get(stream)
+        if memory is None or memory.stale(grey_low, c.refresh_every, c.refresh_change):
+            outs = self._infer(image, _nchw(low))
+            if "transmission" not in outs or "airlight" not in outs:  # a graph without the scattering head
+                return self._upsampler(low, np.ascontiguousarray(outs["dehazed"][0].transpose(1, 2, 0)), image)
+            memory = self._haze[stream] = HazeMemory(np.array(outs["transmission"][0, 0], np.float32),
+                                                     np.array(outs["airlight"], np.float32).reshape(3), grey_low)
+        memory.age += 1
+        return self._t_upsampler(memory.t_low, memory.airlight, grey_low, image)
+
+    def _low(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hxwx3 float image, hxw grey) at the internal size (< 1), as the network and HazeMemory see it."""
+        h, w = image.shape[:2]
+        low = cv2.resize(image, self._network_size(w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        low *= np.float32(1.0 / 255.0)
+        return low, cv2.cvtColor(low, cv2.COLOR_BGR2GRAY)
+
+    def _infer(self, image: np.ndarray, x, tensors: bool = False) -> dict:
+        self.network_runs += 1
+        try:
+            return self._runner.infer_tensors({"hazy": x}) if tensors else self._runner.infer({"hazy": x})
+        except Exception as e:
+            raise StageError("dehaze", f"RI-GAN inference failed on a {image.shape[1]}x{image.shape[0]} frame: {e}") from e
+
+    def _rigan_device(self, image: np.ndarray, stream_name: str = ""):
+        """The host path's _rigan on the GPU: HxWx3 uint8 numpy in, HxWx3 uint8 CUDA tensor out (async).
+
+        t and A are reused across frames as on the host (HazeMemory; the tensors stay on the device);
+        whether RI-GAN runs is decided on the host from the numpy frame, by the same rule and numbers."""
         import torch
 
         from pipeline import guided_torch as gt
@@ -334,14 +435,24 @@ class DehazeStage(LearnedStage):
         if self._uploader is None:
             self._uploader = PinnedUploader(c.device)
         h, w = image.shape[:2]
+        reuse = c.internal_scale < 1.0 and c.refresh_every > 1
         with torch.inference_mode(), torch.cuda.stream(stream):
             frame = self._uploader.upload(image, stream)
             # BGR, as the host feeds it
             low = gt.network_input(frame, self._network_size(w, h), STRIDE, c.internal_scale < 1.0)
-            try:
-                outs = self._runner.infer_tensors({"hazy": low})
-            except Exception as e:
-                raise StageError("dehaze", f"RI-GAN inference failed on a {w}x{h} frame: {e}") from e
+            if reuse:
+                grey_host = self._low(image)[1]
+                memory = self._haze.get(stream_name)
+                if memory is None or memory.stale(grey_host, c.refresh_every, c.refresh_change):
+                    outs = self._infer(image, low, tensors=True)
+                    if "transmission" not in outs or "airlight" not in outs:
+                        return gt.guided_upsample(low, outs["dehazed"].float(), frame, c.guided_radius, c.guided_eps)
+                    memory = self._haze[stream_name] = HazeMemory(
+                        outs["transmission"].float().clone(), outs["airlight"].float().clone(), grey_host)
+                memory.age += 1
+                return gt.transmission_upsample(memory.t_low, memory.airlight, gt.grey_float(low), frame,
+                                                c.guided_radius, c.guided_eps, self._t_upsampler.t_min)
+            outs = self._infer(image, low, tensors=True)
             if c.internal_scale >= 1.0:
                 return gt.dehazed_full(outs["dehazed"], h, w)
             if "transmission" in outs and "airlight" in outs:
@@ -351,14 +462,19 @@ class DehazeStage(LearnedStage):
             return gt.guided_upsample(low, outs["dehazed"].float(), frame, c.guided_radius, c.guided_eps)
 
 
+def _nchw(low: np.ndarray) -> np.ndarray:
+    """hxwx3 float image -> the network's 1x3xhxw input."""
+    return np.ascontiguousarray(low.transpose(2, 0, 1))[None]
+
+
 def _check(c: DehazeStage.Config) -> None:
     rules = {
         "when": c.when in ("always", "never", "auto"),
         "method": c.method in ("rigan", "dcp"),
-        "score": c.score in DEFAULT_THRESHOLDS,
+        "score": c.score == "auto" or c.score in DEFAULT_THRESHOLDS,
         "threshold": c.threshold is None or 0.0 <= c.threshold <= 1.0,
         "hysteresis": c.hysteresis is None or 0.0 <= c.hysteresis <= (
-            DEFAULT_THRESHOLDS.get(c.score, (1.0,))[0] if c.threshold is None else c.threshold),
+            DEFAULT_THRESHOLDS.get(resolve_score(c), (1.0,))[0] if c.threshold is None else c.threshold),
         "score_width": isinstance(c.score_width, int) and c.score_width >= 16,
         "score_every": isinstance(c.score_every, int) and c.score_every >= 1,
         "hold_frames": isinstance(c.hold_frames, int) and c.hold_frames >= 1,
@@ -366,6 +482,8 @@ def _check(c: DehazeStage.Config) -> None:
         "guided_radius": c.guided_radius >= 1,
         "guided_eps": c.guided_eps > 0,
         "threads": c.threads is None or c.threads >= 1,
+        "refresh_every": isinstance(c.refresh_every, int) and c.refresh_every >= 1,
+        "refresh_change": 0.0 <= c.refresh_change <= 1.0,
     }
     for key, ok in rules.items():
         if not ok:
