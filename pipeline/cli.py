@@ -25,6 +25,8 @@ COMMANDS = {
     "export": "training.export_cli",
     "build-engine": "engines.cli",
     "quantize": "engines.quantize_cli",
+    "batch": "pipeline.commands.batch",
+    "adapt": "training.adapt",
     "report": "pipeline.commands.report",
 }
 
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--json", default=None, metavar="FILE", help="write results as JSON ('-' = stdout)")
     fg.add_argument("--frames", default=None, metavar="A:B",
                     help="score only frames A..B (inclusive) of the temporal ROI; all frames still run")
+    fg.add_argument("--stabilize", choices=("auto", "off"), default="auto",
+                    help="camera-motion compensation of the method (pipeline.stabilize; default auto)")
+    fg.add_argument("--weights", default=None, metavar="PATH",
+                    help="msfgnet: a manifest-listed ONNX graph or a folder written by `hazeflow adapt`")
     dh = evsub.add_parser("dehaze", help="PSNR/SSIM/CIEDE2000 on paired folders")
     dh.add_argument("--hazy", required=True, metavar="DIR")
     dh.add_argument("--clear", required=True, metavar="DIR")
@@ -86,13 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, metavar="DIR")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init", default=None, metavar="CKPT",
-                   help="start from the weights in CKPT (last.pt or a state_dict) with a fresh schedule (rigan)")
+                   help="start from the weights in CKPT (last.pt or a state_dict) with a fresh schedule")
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
 
     e = sub.add_parser("export", help="export trained weights to ONNX (needs the [train] extra)")
     e.add_argument("model", choices=("msfgnet", "rigan"))
     e.add_argument("--weights", default=None, metavar="FILE")
     e.add_argument("--out", required=True, metavar="FILE.onnx")
+
+    ad = sub.add_parser("adapt", help="fine-tune MSFgNet on one camera's unlabelled footage (needs the [train] extra)")
+    ad.add_argument("--input", "-i", required=True, metavar="URI", help="video file, rtsp:// URL or image folder")
+    ad.add_argument("--minutes", type=float, default=5.0, metavar="N", help="footage to read (default 5)")
+    ad.add_argument("--out", required=True, metavar="DIR", help="folder for msfgnet.{onnx,pt} and manifest.json")
+    ad.add_argument("--base", default=None, metavar="PATH", help="model to start from (default: the stage's weights)")
+    ad.add_argument("--iterations", type=int, default=None, metavar="N", help="fine-tuning steps (default 400)")
+    ad.add_argument("--budget-s", type=float, default=None, metavar="S",
+                    help="wall-clock budget (default: 2 s per second of footage)")
+    ad.add_argument("--threads", type=int, default=2, metavar="N")
+    ad.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    ad.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     q = sub.add_parser("quantize", help="int8 QDQ copy of an ONNX graph for ONNX Runtime on the CPU, parity-gated")
     q.add_argument("onnx", metavar="FILE.onnx")
@@ -102,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stride", type=int, default=5, metavar="N", help="take every N-th frame")
     q.add_argument("--out", default=None, metavar="FILE", help="default: <stem>.int8.onnx beside the input")
     q.add_argument("--manifest", default=None, metavar="FILE", help="default: weights/manifest.json")
+
+    ba = sub.add_parser("batch", help="many inputs, one output set each, on a local process pool or a Ray cluster")
+    ba.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="video file, folder of videos, glob pattern, synthetic: URI or a .txt list of them")
+    ba.add_argument("--output", "-o", required=True, metavar="DIR", help="one folder per input, plus batch.jsonl")
+    ba.add_argument("--config", default=None, metavar="FILE",
+                    help="stages and outputs (default: configs/batch.yaml; its inputs are not used)")
+    ba.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="worker processes or Ray actors (default: CPUs here / in the Ray cluster)")
+    ba.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                    help="run the workers on a Ray cluster (auto: RAY_ADDRESS, a local `ray start`, else a new local instance)")
+    ba.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                    help="Ray: GPUs each worker reserves, may be fractional (default 1 with device cuda, else 0)")
+    ba.add_argument("--retries", type=int, default=1, metavar="N", help="attempts after a failure (default 1)")
+    ba.add_argument("--backend", choices=BACKENDS, default=None)
+    ba.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("report", help="one self-contained HTML page with plots for a run's output folder")
     r.add_argument("output_dir", metavar="OUTPUT_DIR", help="the --output folder of a run")

@@ -81,7 +81,9 @@ class CudaLink:
         import torch
 
         self.torch = torch
-        self.stream = torch.cuda.Stream()
+        # a stage kept set up across graphs (hazeflow batch) built its runner on the stream it was handed
+        # first: keep using that one, or the events recorded here would not cover the runner's work
+        self.stream = getattr(stage, "_stream", None) or torch.cuda.Stream()
         stage.use_cuda_stream(self.stream)
 
     @staticmethod

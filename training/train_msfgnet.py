@@ -29,6 +29,7 @@ from training.common import load_checkpoint, load_yaml, pick_device, save_checkp
 from training.data.cdnet import CdnetSequence, load_sequence, window_numbers
 from training.data.scenes import Augment, WindowSampler, load_textures, traffic_sequences
 from training.losses.segmentation import foreground_loss
+from pipeline.cdnet import Confusion
 from training.metrics import confusion_of
 from training.models.msfgnet import INPUT_NAME, OUTPUT_NAME, MSFgNet, MsfgnetSpec
 
@@ -40,12 +41,14 @@ DEFAULTS = {
     "model": {},
     "data": {"cdnet": [], "validate": [], "traffic": {"sequences": 0, "frames": 300, "size": [320, 240]},
              "validate_traffic": {"sequences": 0, "frames": 200, "size": [320, 240]},
+             "validate_families": {"families": [], "seeds": []},
              "textures": [], "mix": {"cdnet": 0.5, "traffic": 0.25, "sprites": 0.25}},
     "augment": {},
     "train": {"epochs": 20, "iterations": 150, "batch": 16, "lr": 3e-3, "weight_decay": 1e-4,
               "dice_weight": 1.0, "threads": 1},
-    "validate": {"scale": 0.5, "stride": 5, "threshold": 0.5},
+    "validate": {"scale": 0.5, "stride": 5, "threshold": 0.5, "select": "cdnet"},
 }
+SELECT = ("cdnet", "protocol")  # epoch score: CDnet mean F, or docs/models.md rule 1 (1/2 CDnet + 1/2 families)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -67,6 +70,8 @@ def load_config(path: str | Path | None) -> dict:
         config[key] = value
     if raw:
         raise ConfigError(f"{path}: {sorted(raw)[0]}", f"unknown key; valid: {', '.join(DEFAULTS)}")
+    if config["validate"]["select"] not in SELECT:
+        raise ConfigError(f"{path}: validate.select", f"must be one of {', '.join(SELECT)}, got {config['validate']['select']!r}")
     config["spec"] = _dataclass_from(MsfgnetSpec, config["model"], "model")
     aug = dict(config["augment"])
     for k, v in aug.items():
@@ -129,20 +134,46 @@ def predict(model: MSFgNet, seq: CdnetSequence, numbers: list[int], scale: float
 
 
 def validate(model, sequences, settings: dict, device) -> dict[str, float]:
-    """F-measure per validation sequence (CDnet rules) and their mean."""
-    scores = {}
+    """F-measure per validation sequence (CDnet rules) and their mean.
+
+    Sequences named ``family:NAME#SEED`` are summed per family over their seeds
+    (the protocol's family score) and reported as ``family:NAME``.
+    """
+    scores, families = {}, {}
     for seq, (a, b) in sequences:
         numbers = list(range(a, b + 1))
         probs = predict(model, seq, numbers, settings["scale"], settings["stride"], device)
         masks = [(p > settings["threshold"]) for p in probs]
         labels = [seq.labels[n - seq.first] for n in numbers]
-        scores[seq.name] = confusion_of(masks, labels, seq.roi).metrics()["F-measure"]
+        confusion = confusion_of(masks, labels, seq.roi)
+        if seq.name.startswith("family:"):
+            group = families.setdefault(seq.name.split("#")[0], Confusion())
+            group += confusion
+        else:
+            scores[seq.name] = confusion.metrics()["F-measure"]
+    scores.update({name: c.metrics()["F-measure"] for name, c in families.items()})
     if scores:
         scores["mean"] = float(np.mean(list(scores.values())))
     return scores
 
 
 # --- training ---------------------------------------------------------------------------
+def family_sequences(spec: dict) -> list:
+    """The protocol's synthetic families at the given seeds, as in-memory sequences scored from FIRST_SCORED."""
+    from training.data.families import FIRST_SCORED, SYNTHETIC, synthetic_grey
+
+    out = []
+    for family in spec["families"]:
+        if family not in SYNTHETIC:
+            raise ConfigError(f"data.validate_families.families: {family}", f"unknown; valid: {', '.join(SYNTHETIC)}")
+        for seed in spec["seeds"]:
+            grey, truth = synthetic_grey(family, int(seed))
+            seq = CdnetSequence(f"family:{family}#{seed}", Path(f"synthetic:{family}#{seed}"), 1, grey, truth,
+                                None, (FIRST_SCORED, len(grey)))
+            out.append((seq, (FIRST_SCORED, len(grey))))
+    return out
+
+
 def build_sampler(config: dict, cdnet) -> WindowSampler:
     data = config["data"]
     traffic = []
@@ -177,9 +208,13 @@ def main(args) -> int:
     if vt["sequences"]:  # unseen synthetic scenes (other seed) as a generalisation check
         val += [(s, (s.first + 30, s.last)) for s in
                 traffic_sequences(int(vt["sequences"]), int(vt["frames"]), tuple(vt["size"]), seed=config["seed"] + 1000)]
+    val += family_sequences(config["data"]["validate_families"])
     sampler = build_sampler(config, cdnet)
 
     model = MSFgNet(config["spec"]).to(device)
+    if getattr(args, "init", None) and not getattr(args, "resume", False):
+        model.load_state_dict(model_from_checkpoint(args.init)[0].state_dict())
+        print(f"starting from the weights of {args.init}", file=sys.stderr)
     optimiser = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     history: dict[str, list[float]] = {"loss": [], "val_F": [], "val_F_synthetic": []}
     start_epoch, best = 0, -1.0
@@ -215,14 +250,18 @@ def main(args) -> int:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         scores = validate(model, val, vc, device)
-        cdnet_scores = [v for k, v in scores.items() if not k.startswith("traffic") and k != "mean"]
+        cdnet_scores = [v for k, v in scores.items() if not k.startswith(("traffic", "family:")) and k != "mean"]
         synth_scores = [v for k, v in scores.items() if k.startswith("traffic")]
+        family_scores = [v for k, v in scores.items() if k.startswith("family:")]
         f_real = float(np.mean(cdnet_scores)) if cdnet_scores else float("nan")
         f_syn = float(np.mean(synth_scores)) if synth_scores else float("nan")
         history["loss"].append(float(np.mean(losses)))
         history["val_F"].append(f_real)
         history["val_F_synthetic"].append(f_syn)
         score = f_real if cdnet_scores else f_syn
+        if vc["select"] == "protocol":  # docs/models.md, protocol rule 1
+            score = 0.5 * f_real + 0.5 * float(np.mean(family_scores))
+            history.setdefault("val_S", []).append(score)
         meta = {"spec": config["spec"].to_dict(), "epoch": epoch + 1, "val": scores, "seed": config["seed"],
                 "command": command, "validate": vc, "data": data_description(config)}
         if score > best:

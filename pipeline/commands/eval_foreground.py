@@ -25,13 +25,19 @@ def main(args) -> int:
     sequences = [open_sequence(d) for d in args.dirs]  # check every layout before the long run
     _check_unique_names(sequences)
     span = parse_frames(getattr(args, "frames", None))
-    stage = build_stage(args.method, backend=getattr(args, "backend", "auto"))
+    stabilize = getattr(args, "stabilize", "auto")
+    weights = getattr(args, "weights", None)
+    if weights is not None and args.method != "msfgnet":
+        raise ConfigError("--weights", f"only --method msfgnet has weights, not {args.method}")
+    stage = build_stage(args.method, backend=getattr(args, "backend", "auto"), stabilize=stabilize, weights=weights)
     results = {}
     with stage:
         for seq in sequences:
             results[seq.name] = evaluate_sequence(stage, seq, args.method, span)
-    report = {"method": args.method, "sequences": results,
+    report = {"method": args.method, "stabilize": stabilize, "sequences": results,
               "mean": mean_metrics(list(results.values()))}
+    if weights is not None:
+        report["weights"] = str(weights)
     to_stdout = args.json == "-"
     print_table(report, file=sys.stderr if to_stdout else sys.stdout)
     if args.json:

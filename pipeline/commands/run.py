@@ -82,6 +82,22 @@ def _frame_count(source):
         return None
 
 
+def graph_for(config, nodes, sources) -> Graph:
+    """The graph ``config`` describes over ``nodes``; closes ``sources`` when it cannot be built.
+
+    ``hazeflow batch`` calls this for every input with the same (already set up) nodes.
+    """
+    try:
+        return Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
+                     policy=config.runtime.policy, max_frames=config.runtime.max_frames,
+                     live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s,
+                     stall_timeout_s=stall_timeouts(config, sources))
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+
 def main(args) -> int:
     config = load_config(args.config)
     config = with_overrides(config, inputs=args.input, output=args.output, backend=args.backend,
@@ -90,11 +106,8 @@ def main(args) -> int:
         raise ConfigError("inputs", "no input: give --input URI or list `inputs:` in the config")
     nodes = build_stages(config.stages)
     sources = open_sources(config)
+    graph = graph_for(config, nodes, sources)
     try:
-        graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
-                      policy=config.runtime.policy, max_frames=config.runtime.max_frames,
-                      live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s,
-                      stall_timeout_s=stall_timeouts(config, sources))
         metrics = serve_metrics(config.runtime.metrics, graph.observer)
     except BaseException:
         for s in sources:

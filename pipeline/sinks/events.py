@@ -2,7 +2,9 @@
 
 Keys: ``index``, ``pts``, ``objects`` (``frame.data["objects"]`` as the blob
 stage wrote them: box, area, track id), ``counts`` (per zone), and
-``haze_score`` / ``dehaze_applied`` when a dehazing stage set them.
+``haze_score`` / ``dehaze_applied`` when a dehazing stage set them, ``stabilize``
+(camera motion: dx, dy, rotation, zoom, confidence, status) when a background
+stage compensated camera motion (pipeline.stabilize).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 from pipeline.frame import Frame
 from pipeline.sinks.atomic import commit, partial_path
 
-_OPTIONAL = ("haze_score", "dehaze_applied", "crossings")
+_OPTIONAL = ("haze_score", "dehaze_applied", "crossings", "stabilize")
 
 
 def _plain(value):

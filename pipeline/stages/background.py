@@ -6,6 +6,14 @@ der Heijden 2006). Both keep one model per stream. They read the dehazed image
 when an earlier stage produced one, so haze removal helps them as it helps
 MSFgNet. With shadow detection on, pixels OpenCV marks as shadow (127) count
 as background, as CDnet scores them.
+
+Camera motion (``stabilize: auto``, pipeline.stabilize): OpenCV's models live in
+fixed pixel coordinates, so each frame is registered (on a grey copy at most
+320 pixels wide) and warped into the coordinates of the frame the model started at; the
+mask is warped back and pixels the model has never seen are background. A pan
+that leaves less than 60 % of the model's frame in view starts the model
+afresh; after a scene cut or a lost registration the model carries on as it
+would without compensation.
 """
 from __future__ import annotations
 
@@ -16,7 +24,9 @@ import cv2
 
 from pipeline.errors import ConfigError
 from pipeline.frame import Frame
+from pipeline.stabilize import EST_WIDTH, ModelFrame, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import Stage
+from pipeline.stages.msfgnet import grey_small, working_size
 
 #: OpenCV marks shadow pixels 127 and foreground 255; anything above this is foreground
 _SHADOW_LEVEL = 127
@@ -34,6 +44,8 @@ class _SubtractorStage(Stage):
         self._models: dict[str, Any] = {}
         k = config.open_kernel
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)) if k > 1 else None
+        self._registrations = Registrations() if stabilize_mode(config.stabilize) == "auto" else None
+        self._frames: dict[str, ModelFrame] = {}
 
     def _new_model(self):
         raise NotImplementedError
@@ -44,18 +56,44 @@ class _SubtractorStage(Stage):
             if model is None:
                 model = self._models[frame.stream] = self._new_model()
             image = frame.data.get("dehazed", frame.image)
+            if self._registrations is not None:
+                image, model = self._into_model(frame, image, model)
             raw = model.apply(image, learningRate=self.config.learning_rate)
+            if self._registrations is not None:
+                raw = self._frames[frame.stream].from_model(raw)
             mask = cv2.threshold(raw, _SHADOW_LEVEL, 255, cv2.THRESH_BINARY)[1]
             if self._kernel is not None:
                 mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel, dst=mask)
             frame.data["mask"] = mask
         return frames
 
+    def _into_model(self, frame: Frame, image, model):
+        """Register the frame; the image in the model's coordinates (and a fresh model when needed)."""
+        h, w = image.shape[:2]
+        small = grey_small(image, working_size(w, h, min(1.0, EST_WIDTH / w)))  # as MSFgNet registers
+        motion = self._registrations.update(frame.stream, small)
+        where = self._frames.get(frame.stream)
+        if where is None:
+            where = self._frames[frame.stream] = ModelFrame()
+        warped, fresh = where.to_model(image, motion, w / small.shape[1])
+        if fresh and model is not None:
+            model = self._models[frame.stream] = self._new_model()
+        record = motion.record(w / small.shape[1])
+        record["model_restarted"] = fresh
+        frame.data["stabilize"] = record
+        return warped, model
+
     def reset_stream(self, stream: str) -> None:
         self._models.pop(stream, None)
+        self._frames.pop(stream, None)
+        if self._registrations is not None:
+            self._registrations.reset(stream)
 
     def close(self) -> None:
         self._models.clear()
+        self._frames.clear()
+        if self._registrations is not None:
+            self._registrations.clear()
 
 
 class Mog2Stage(_SubtractorStage):
@@ -72,6 +110,7 @@ class Mog2Stage(_SubtractorStage):
         detect_shadows: bool = False
         learning_rate: float = -1.0   # < 0: OpenCV picks 1/min(frames seen, history)
         open_kernel: int = 3          # morphological opening against speckle; 0 or 1 = off
+        stabilize: str | bool = "auto"  # auto | off: camera-motion compensation (pipeline.stabilize)
 
         def __post_init__(self):
             _check(self, "mog2")
@@ -97,6 +136,7 @@ class KnnStage(_SubtractorStage):
         detect_shadows: bool = False    # off for the same reason as in MOG2
         learning_rate: float = -1.0
         open_kernel: int = 3
+        stabilize: str | bool = "auto"
 
         def __post_init__(self):
             _check(self, "knn")
@@ -118,3 +158,4 @@ def _check(c, stage: str) -> None:
                           f"must be in [0, 1] or negative (automatic), got {c.learning_rate}")
     if c.open_kernel < 0:
         raise ConfigError(f"stages.{stage}.open_kernel", f"must be >= 0, got {c.open_kernel}")
+    check_mode(f"stages.{stage}", c.stabilize)

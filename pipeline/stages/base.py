@@ -122,20 +122,36 @@ class LearnedStage(Stage):
 
         return InputProfile(tuple(self.network_size(w, h) for w, h in FRAME_SIZES), batch)
 
+    def weight_files(self) -> tuple[Path, Path, Path]:
+        """(ONNX graph, state_dict, manifest) the config names.
+
+        ``weights`` may name a folder, as ``hazeflow adapt`` writes one: it holds
+        ``<stem>.onnx`` and ``<stem>.pt`` (stem of the default weights) and their own
+        ``manifest.json``, checked like the shipped files; an explicit ``manifest`` wins.
+        """
+        from engines import weights
+
+        c = self.config
+        onnx, pt = resolve_path(c.weights), resolve_path(c.torch_weights)
+        manifest = resolve_path(c.manifest) if c.manifest else None
+        if onnx.is_dir():
+            stem = Path(type(c).weights).stem
+            onnx, pt, manifest = onnx / f"{stem}.onnx", onnx / f"{stem}.pt", manifest or onnx / "manifest.json"
+        return onnx, pt, manifest or weights.MANIFEST
+
     def acquire_runner(self, batch: int = 1, factory: str | None = None):
         """The activated runner for this stage's config, through engines.load.runner_for."""
-        from engines import weights
         from engines.base import RunnerError
         from engines.load import runner_for
 
         c = self.config
         backend = c.backend
         self._check_backend_imports()
-        manifest = resolve_path(c.manifest) if c.manifest else weights.MANIFEST
+        onnx, pt, manifest = self.weight_files()
         try:
-            runner = runner_for(resolve_path(c.weights), backend=backend, precision=c.precision, device=c.device,
+            runner = runner_for(onnx, backend=backend, precision=c.precision, device=c.device,
                                 profile=self.input_profile(batch), threads=c.threads or None, manifest=manifest,
-                                torch_weights=resolve_path(c.torch_weights), torch_factory=factory or self.torch_factory,
+                                torch_weights=pt, torch_factory=factory or self.torch_factory,
                                 stream=self._stream, name=self.name)
             runner.activate()
         except PipelineError:
@@ -146,7 +162,7 @@ class LearnedStage(Stage):
         except Exception as e:
             if isinstance(e, RunnerError) and "bf16 refused" in str(e):
                 raise ConfigError(f"{self.section}.precision", str(getattr(e, "cause", e))) from None
-            where = getattr(e, "input", None) or resolve_path(c.torch_weights if self.backend == "torch" else c.weights)
+            where = getattr(e, "input", None) or (pt if self.backend == "torch" else onnx)
             cause = getattr(e, "cause", None) or " ".join(str(e).split())
             if not hasattr(e, "cause") and isinstance(e, RunnerError):
                 cause = f"cannot load it ({cause[:240]})"

@@ -12,6 +12,14 @@ T frames are the same picture, so nothing has moved and the mask is (nearly)
 empty; detection starts as soon as an object has moved relative to the oldest
 frame held. A change of resolution starts a fresh window (FrameBuffer reallocates).
 
+Camera motion (``stabilize: auto``, pipeline.stabilize): each working-size grey
+frame is registered against its stream's reference and the window's past
+frames are warped into the current one (``FrameBuffer.aligned``) before the
+network sees them; pixels with no past are forced to background, and
+``data["stabilize"]`` carries the frame's motion and confidence (events.jsonl).
+``stabilize: off`` feeds the frames as seen. The device path below does not
+compensate yet.
+
 On the CPU ``auto`` runs ONNX Runtime or OpenVINO, whichever is faster here (no torch in the runtime), fp32
 or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
 (``engines.torch.runner.TorchRunner``) loads the state_dict into
@@ -32,6 +40,7 @@ a host stage or the sinks read them (pipeline.gpu.data_to_host).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,6 +50,7 @@ import numpy as np
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
+from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import LearnedStage
 
 STRIDE = 4                      # H and W of the network input must be multiples of this
@@ -80,7 +90,7 @@ class MsfgnetStage(LearnedStage):
 
     @dataclass(frozen=True)
     class Config:
-        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends)
+        weights: str = "weights/msfgnet.onnx"      # ONNX graph (onnxruntime, tensorrt backends), or a `hazeflow adapt` folder
         torch_weights: str = "weights/msfgnet.pt"  # state_dict (torch backend)
         threshold: float = 0.5                     # fg_prob above this is foreground
         backend: str = "auto"                      # auto | onnxruntime | openvino | torch | tensorrt
@@ -90,6 +100,7 @@ class MsfgnetStage(LearnedStage):
         threads: int = 2                           # CPU threads of the runner; 0 = all cores
         scale: float = 0.5                         # working size / input size
         stride: int = 10                           # frames between two frames of the window
+        stabilize: str | bool = "auto"             # auto | off: camera-motion compensation (pipeline.stabilize)
 
     def __init__(self, config: "MsfgnetStage.Config | None" = None):
         self.config = config or self.Config()
@@ -102,6 +113,8 @@ class MsfgnetStage(LearnedStage):
         self._stream = None          # CUDA stream from the graph (device path)
         self._device_buffer = None   # DeviceFrameBuffer (device path)
         self._uploader = None
+        self._registrations = Registrations() if stabilize_mode(self.config.stabilize) == "auto" else None
+        self._unknown: dict[int, np.ndarray] = {}  # id(frame) -> pixels with no past (working size)
 
     def _check(self) -> None:
         c = self.config
@@ -114,6 +127,7 @@ class MsfgnetStage(LearnedStage):
             raise ConfigError("stages.msfgnet.stride", f"must be >= 1, got {c.stride}")
         if c.threads < 0:
             raise ConfigError("stages.msfgnet.threads", f"must be >= 0, got {c.threads}")
+        check_mode("stages.msfgnet", c.stabilize)
 
     # --- lifecycle -------------------------------------------------------------
     def network_size(self, w: int, h: int) -> tuple[int, int]:
@@ -133,6 +147,9 @@ class MsfgnetStage(LearnedStage):
             from pipeline.gpu import DeviceFrameBuffer
 
             self._device_buffer = DeviceFrameBuffer(self.buffer.T)
+            if self._registrations is not None:
+                logging.getLogger("hazeflow.stages").warning(
+                    "stages.msfgnet: stabilize: auto does not compensate camera motion on the device path yet")
 
     def _frames_input(self, path, runner):
         """Checks that the graph takes one (N, T, H, W) stream of frames; T is the window length."""
@@ -153,12 +170,17 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer = None
         self._uploader = None
         self._inputs.clear()
+        self._unknown.clear()
+        if self._registrations is not None:
+            self._registrations.clear()
 
     def reset_stream(self, stream: str) -> None:
         if self.buffer is not None:
             self.buffer.reset(stream)
         if self._device_buffer is not None:
             self._device_buffer.reset(stream)
+        if self._registrations is not None:
+            self._registrations.reset(stream)
 
     # --- frames ----------------------------------------------------------------
     def window(self, frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
@@ -169,12 +191,32 @@ class MsfgnetStage(LearnedStage):
         image = frame.data.get("dehazed", frame.image)
         h, w = image.shape[:2]
         small = grey_small(image, working_size(w, h, self.config.scale))
-        self.buffer.push(frame.stream, small)
-        held = self.buffer.window(frame.stream)
-        picked = held[window_indices(len(held), self.frames_in_window, self.config.stride)]
+        if self._registrations is None:
+            self.buffer.push(frame.stream, small)
+            held = self.buffer.window(frame.stream)
+            picked = held[window_indices(len(held), self.frames_in_window, self.config.stride)]
+        else:
+            picked = self._aligned(frame, small)
         if out is None or out.shape != picked.shape:
             out = np.empty(picked.shape, np.float32)
         return np.multiply(picked, np.float32(1 / 255), out=out, dtype=np.float32)
+
+    def _aligned(self, frame: Frame, small: np.ndarray) -> np.ndarray:
+        """Register the frame, push ``small`` with its pose; the window's frames warped into it."""
+        image = frame.data.get("dehazed", frame.image)
+        h, w = image.shape[:2]
+        # registration wants up to EST_WIDTH pixels across: finer than the working size on small inputs
+        grey = small if small.shape[1] >= min(w, EST_WIDTH) else grey_small(image, (w, h))
+        motion = self._registrations.update(frame.stream, grey)
+        self.buffer.push(frame.stream, small, motion.pose_at(small.shape[1] / grey.shape[1]), motion.epoch)
+        picks = window_indices(self.buffer.count(frame.stream), self.frames_in_window, self.config.stride)
+        picked, unknown = self.buffer.aligned(frame.stream, picks, DEAD_BAND * small.shape[1] / grey.shape[1])
+        record = motion.record(w / grey.shape[1])
+        record["unknown"] = 0.0 if unknown is None else round(float(unknown.mean()), 4)
+        frame.data["stabilize"] = record
+        if unknown is not None:
+            self._unknown[id(frame)] = unknown.copy()
+        return picked
 
     def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
         if self.runner is None:
@@ -210,6 +252,9 @@ class MsfgnetStage(LearnedStage):
         image = frame.data.get("dehazed", frame.image)
         h, w = image.shape[:2]
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
+        unknown = self._unknown.pop(id(frame), None)
+        if unknown is not None:  # no past there: never foreground
+            full[cv2.resize(unknown, (w, h), interpolation=cv2.INTER_NEAREST) > 0] = 0
         frame.data["fg_prob"] = full
         frame.data["mask"] = cv2.threshold(full, self.config.threshold, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
 

@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 
 from pipeline.haze import apply_haze
-from training.data.cdnet import CdnetSequence, window_numbers
+from training.data.cdnet import CdnetSequence, labels_to_targets, window_numbers
+from training.data.jitter import Shake, jitter_image, jitter_labels, shake_trajectory
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -53,6 +54,12 @@ class Augment:
     haze: float = 0.3
     noise: tuple[float, float] = (0.0, 0.03)
     blur: float = 0.1
+    # nuisances of unseen cameras (issue 12); 0 = off, so older configs train as before
+    shake: float = 0.0                  # chance of a real-camera shake of the whole window and its labels
+    shake_px: float = 15.0              # its largest shift, pixels of a 320-wide frame (roll up to 1 degree)
+    rain: float = 0.0                   # chance of rain or snow streaks, new in every frame (background)
+    flicker: float = 0.0                # chance of per-frame light flicker (lamps, clouds, auto-exposure)
+    night: float = 0.0                  # chance of a dark, noisy picture
 
 
 @dataclass
@@ -196,6 +203,24 @@ def sprite_window(rng, textures: list[np.ndarray], frames: int, stride: int, siz
     return out, truth
 
 
+def _streaks(rng, shape: tuple[int, int, int]) -> np.ndarray:
+    """(T, h, w) float32 additive rain (bright slanted streaks) or snow (dots), new in every frame."""
+    T, h, w = shape
+    snow = rng.random() < 0.3
+    angle = rng.uniform(-0.35, 0.35)
+    length = 1.0 if snow else rng.uniform(3, 10)
+    count = int(rng.uniform(0.002, 0.012) * h * w / length)
+    out = np.zeros(shape, np.float32)
+    for i in range(T):
+        x0, y0 = rng.uniform(0, w, count), rng.uniform(0, h, count)
+        x1, y1 = x0 + length * np.sin(angle), y0 + length * np.cos(angle)
+        level = rng.uniform(0.1, 0.35, count)
+        for k in range(count):
+            cv2.line(out[i], (int(x0[k]), int(y0[k])), (int(x1[k]), int(y1[k])), float(level[k]),
+                     2 if snow else 1, cv2.LINE_AA)
+    return out
+
+
 # --- sampling --------------------------------------------------------------------------
 @dataclass
 class WindowSampler:
@@ -251,13 +276,18 @@ class WindowSampler:
         shake = a.jitter_px / scale if rng.random() < a.jitter else 0
         frames = np.empty((self.frames, c, c), np.float32)
         numbers = window_numbers(current, self.frames, stride)
+        path = self._shake_path(rng, stride) if a.shake and rng.random() < a.shake else None
         for i, n in enumerate(numbers):
             dy = dx = 0
             if shake and i < self.frames - 1:   # the current frame stays aligned with its truth
                 dy, dx = (int(v) for v in np.clip(rng.integers(-shake, shake + 1, 2), [-y, -x], [h - side - y, w - side - x]))
-            patch = seq.frame(n)[y + dy:y + dy + side, x + dx:x + dx + side]
+            full = seq.frame(n) if path is None else jitter_image(seq.frame(n), path[i])
+            patch = full[y + dy:y + dy + side, x + dx:x + dx + side]
             frames[i] = cv2.resize(patch, (c, c), interpolation=cv2.INTER_AREA) * np.float32(1 / 255)
-        fg, valid = seq.targets(current)
+        if path is None:
+            fg, valid = seq.targets(current)
+        else:  # the labels move with the current frame; where no label came from is ignored
+            fg, valid = labels_to_targets(jitter_labels(seq.labels[current - seq.first], path[-1], seq.roi))
         fg, valid = fg[y:y + side, x:x + side], valid[y:y + side, x:x + side]
         valid_area = cv2.resize(valid.astype(np.float32), (c, c), interpolation=cv2.INTER_AREA)
         fg_area = cv2.resize((fg & valid).astype(np.float32), (c, c), interpolation=cv2.INTER_AREA)
@@ -265,9 +295,18 @@ class WindowSampler:
         weight = (valid_area > 0.5).astype(np.float32)
         return frames, np.clip(target, 0, 1), weight
 
+    def _shake_path(self, rng, stride: int) -> np.ndarray:
+        """(T, 3) offsets (dx, dy, roll) of the window's frames on one camera-shake trajectory."""
+        bound = float(rng.uniform(2.0, self.augment.shake_px))
+        shake = Shake(max_shift=bound, max_rotation=float(rng.uniform(0, 1)), walk_step=bound / 10, sway=bound / 2)
+        path = shake_trajectory((self.frames - 1) * stride + 1, int(rng.integers(1 << 31)), shake)
+        return path[::stride]
+
     def _photometric(self, rng, frames: np.ndarray) -> np.ndarray:
         a = self.augment
         T = len(frames)
+        if a.rain and rng.random() < a.rain:
+            frames = frames + _streaks(rng, frames.shape)
         if rng.random() < a.haze:
             t = rng.uniform(0.3, 0.9)
             if rng.random() < 0.5:  # thicker towards the top of the picture (farther away)
@@ -282,6 +321,10 @@ class WindowSampler:
                 gain *= 1 + np.linspace(0, change, T, dtype=np.float32)
             else:
                 gain[int(rng.integers(1, T)):] *= 1 + change
+        if a.flicker and rng.random() < a.flicker:
+            gain *= 1 + rng.normal(0, rng.uniform(0.03, 0.12), T).astype(np.float32)
+        if a.night and rng.random() < a.night:
+            gain *= np.float32(rng.uniform(0.12, 0.35))
         frames = frames * gain[:, None, None] + np.float32(rng.uniform(-a.bias, a.bias))
         if rng.random() < a.blur:
             sigma = rng.uniform(0.5, 1.2)

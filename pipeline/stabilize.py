@@ -1,0 +1,338 @@
+"""Camera-motion compensation for the background models (``stabilize: auto | off``).
+
+A shaking pole camera or a slow pan moves the whole picture, and every
+background model then sees the static scene as motion. Here each frame is
+registered against a *reference* of its stream and the other frames are warped
+into it before the background model compares them:
+
+* **Registration** (:class:`Stabilizer`, one per stream): corners of a
+  reference frame (Shi-Tomasi, ``cv2.goodFeaturesToTrack``) are followed into
+  each new frame with pyramidal Lucas-Kanade (``cv2.calcOpticalFlowPyrLK``,
+  started from the previous frame's estimate so a slow drift stays small), and
+  a similarity (shift, rotation, uniform scale) is fitted to the tracks with
+  RANSAC (``cv2.estimateAffinePartial2D``), so corners on moving vehicles are
+  outliers. It runs on a grey copy at most 320 pixels wide.
+* **Pose**: each frame gets ``pose``, the 3x3 map from the coordinates of its
+  *epoch* (the first reference of an unbroken run of registrations) to its own
+  pixels. Two frames of one epoch are related by ``pose_t @ inv(pose_i)``; the
+  reference may be renewed inside an epoch (when its corners wear out or the
+  camera has drifted far), poses stay comparable.
+* **Confidence** = RANSAC inliers / corners of the reference. Below
+  ``min_confidence`` (or fewer than ``min_inliers`` tracks, or an implausible
+  rotation/zoom) the frame has no pose: ``status`` is ``unreliable`` and the
+  models treat it exactly as without compensation (identity). After
+  ``lost_after`` unreliable frames in a row (a scene cut, a camera moved to a
+  new preset), the next frame with enough texture starts a new epoch
+  (``status: reanchored``); frames of an older epoch are never warped.
+* **Dead band**: a relation that moves no corner of the frame by more than
+  ``DEAD_BAND`` pixels (of the registered frame; a still camera's estimates
+  wander by 0.1-0.4 there) is not applied, so a still camera gives exactly the
+  same masks as ``stabilize: off``.
+
+How each model uses it:
+
+* MSFgNet (``FrameBuffer.aligned``): the buffer keeps every frame as it was
+  seen, with its pose; the frames picked for the window are warped into the
+  current frame. Pixels a past frame has no data for are filled with the
+  current frame (no change there); where most past frames have none they are
+  *unknown* and the stage forces its probability and mask to 0 there. A warp that does not bring the past frame
+  nearer the current one is dropped (never worse than no compensation).
+* MOG2 / KNN (:class:`ModelFrame`): OpenCV's models live in fixed pixel
+  coordinates, so the roles are reversed: each frame is warped into the
+  coordinates of the frame the model started at, onto a canvas that keeps
+  the last values where the current frame has none, and the mask is warped
+  back; pixels that fall outside the model's frame are unknown (mask 0). The
+  model is started afresh when the camera has drifted so far that less than
+  ``MIN_OVERLAP`` of the model's frame is still seen; at a new epoch it carries
+  on from the new reference as it would without compensation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+MODES = ("auto", "off")
+EST_WIDTH = 320          # registration runs on a grey copy at most this wide
+DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner further is not applied
+MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is seen
+LK_WINDOW, LK_LEVELS = (11, 11), 2   # 2 levels follow ~20 px per frame from the last estimate
+
+
+def stabilize_mode(value) -> str:
+    """``auto`` or ``off`` as written; YAML 1.1 (``yaml.safe_load``) reads a bare ``off`` as false
+    and ``on`` as true, so those mean off and auto."""
+    if value is False:
+        return "off"
+    if value is True:
+        return "auto"
+    return value
+
+
+def check_mode(section: str, value) -> None:
+    if stabilize_mode(value) not in MODES:
+        raise ConfigError(f"{section}.stabilize", f"must be one of {', '.join(MODES)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StabilizerSettings:
+    corners: int = 150             # reference corners followed
+    min_inliers: int = 12          # fewer RANSAC inliers: unreliable
+    min_confidence: float = 0.15   # inliers / corners below this: unreliable
+    renew_below: float = 0.3       # confidence below this (but reliable): renew the reference
+    renew_shift: float = 0.15      # renew when the reference has moved by this fraction of the width
+    max_zoom: float = 0.15         # |scale - 1| beyond this is implausible for one frame
+    max_rotation: float = 8.0      # degrees; beyond this is implausible
+    lost_after: int = 3            # unreliable frames in a row before a new epoch starts
+    ransac_px: float = 1.0         # RANSAC reprojection threshold at registration size
+
+
+@dataclass
+class Motion:
+    """Registration of one frame. ``pose`` (3x3, pixels of the grey frame given to ``update``) maps
+    the epoch's coordinates to this frame; None when unreliable."""
+
+    pose: np.ndarray | None
+    epoch: int
+    confidence: float
+    status: str            # anchor | ok | renewed | unreliable | reanchored
+    size: tuple[int, int]  # (w, h) of the registered grey frame
+
+    def pose_at(self, s: float) -> np.ndarray | None:
+        """The pose on a grid ``s`` times finer than the registered frame (None stays None)."""
+        return None if self.pose is None else rescaled(self.pose, s)
+
+    def record(self, scale: float = 1.0) -> dict:
+        """The events.jsonl entry: how far the picture's centre has moved since the epoch began
+        (dx, dy in pixels of a frame ``scale`` times the registered one), rotation (degrees), zoom,
+        confidence, status, epoch."""
+        out = {"status": self.status, "confidence": round(float(self.confidence), 3), "epoch": self.epoch}
+        if self.pose is not None:
+            m = self.pose
+            cx, cy = self.size[0] / 2, self.size[1] / 2
+            out["dx"] = round(float(m[0, 0] * cx + m[0, 1] * cy + m[0, 2] - cx) * scale, 2)
+            out["dy"] = round(float(m[1, 0] * cx + m[1, 1] * cy + m[1, 2] - cy) * scale, 2)
+            out["rotation"] = round(math.degrees(math.atan2(m[1, 0], m[0, 0])), 3)
+            out["zoom"] = round(math.hypot(m[0, 0], m[1, 0]), 4)
+        return out
+
+
+def _as3(m2x3: np.ndarray) -> np.ndarray:
+    m = np.eye(3)
+    m[:2] = m2x3
+    return m
+
+
+def rescaled(m: np.ndarray, s: float) -> np.ndarray:
+    """A 3x3 pixel map expressed on a grid ``s`` times finer: S m S^-1."""
+    if s == 1:
+        return m
+    out = m.copy()
+    out[:2, 2] *= s
+    out[2, :2] /= s
+    return out
+
+
+def displacement(m: np.ndarray, size: tuple[int, int]) -> float:
+    """Largest distance (pixels) a corner of a ``size`` (w, h) frame is moved by ``m``."""
+    w, h = size
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64).T
+    moved = m @ corners
+    return float(np.abs(moved[:2] / moved[2] - corners[:2]).max())
+
+
+class Stabilizer:
+    """Registration of one stream's frames (see the module doc). ``update`` once per frame, in order."""
+
+    def __init__(self, settings: StabilizerSettings = StabilizerSettings()):
+        self.s = settings
+        self.epoch = -1
+        self._anchor = None          # grey reference at registration size
+        self._points = None          # (N, 1, 2) float32 corners of the reference
+        self._anchor_pose = None     # 3x3 epoch -> reference, registration pixels
+        self._guess = np.eye(3)      # reference -> last reliable frame (LK's starting point)
+        self._fails = 0
+        self._k = 1.0                # registration pixels per input pixel
+        self._shape = None
+        self._size = (0, 0)
+
+    def reset(self) -> None:
+        self.__init__(self.s)
+
+    def update(self, grey: np.ndarray) -> Motion:
+        """Register ``grey`` (HxW uint8); the returned pose is in ``grey``'s pixels."""
+        if grey.shape != self._shape:
+            self.reset()
+            self._shape = grey.shape
+            self._size = (grey.shape[1], grey.shape[0])
+            self._k = min(1.0, EST_WIDTH / grey.shape[1])
+        small = grey if self._k == 1 else cv2.resize(
+            grey, (max(8, round(grey.shape[1] * self._k)), max(8, round(grey.shape[0] * self._k))),
+            interpolation=cv2.INTER_AREA)
+        if self._anchor is None or self._fails >= self.s.lost_after:
+            return self._start_epoch(small)
+        pose, confidence = self._register(small)
+        if pose is None:
+            self._fails += 1
+            return Motion(None, self.epoch, confidence, "unreliable", self._size)
+        self._fails = 0
+        status = "ok"
+        if confidence < self.s.renew_below or displacement(self._guess, small.shape[::-1]) > \
+                self.s.renew_shift * small.shape[1]:
+            if self._set_anchor(small, pose):
+                status = "renewed"
+        return Motion(rescaled(pose, 1 / self._k), self.epoch, confidence, status, self._size)
+
+    # --- internals -------------------------------------------------------------
+    def _start_epoch(self, small: np.ndarray) -> Motion:
+        if not self._set_anchor(small, np.eye(3)):  # too little texture to follow: try the next frame
+            self._anchor = None
+            return Motion(None, self.epoch, 0.0, "unreliable", self._size)
+        self.epoch += 1
+        self._fails = 0
+        return Motion(np.eye(3), self.epoch, 1.0, "anchor" if self.epoch == 0 else "reanchored", self._size)
+
+    def _set_anchor(self, small: np.ndarray, pose: np.ndarray) -> bool:
+        h, w = small.shape
+        pts = cv2.goodFeaturesToTrack(small, maxCorners=self.s.corners, qualityLevel=0.01,
+                                      minDistance=max(3.0, w / 40), blockSize=3)
+        if pts is None or len(pts) < self.s.min_inliers:
+            return False
+        self._anchor = small.copy()
+        self._points = pts.astype(np.float32)
+        self._anchor_pose = pose.copy()
+        self._guess = np.eye(3)
+        return True
+
+    def _register(self, small: np.ndarray) -> tuple[np.ndarray | None, float]:
+        pts = self._points
+        g = self._guess
+        start = (pts.reshape(-1, 2) @ g[:2, :2].T + g[:2, 2]).astype(np.float32).reshape(-1, 1, 2)
+        moved, found, _ = cv2.calcOpticalFlowPyrLK(
+            self._anchor, small, pts, start, winSize=LK_WINDOW, maxLevel=LK_LEVELS,
+            criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 10, 0.03),
+            flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+        found = found.reshape(-1).astype(bool)
+        if found.sum() < self.s.min_inliers:
+            return None, 0.0
+        m, inliers = cv2.estimateAffinePartial2D(pts[found], moved[found], method=cv2.RANSAC,
+                                                 ransacReprojThreshold=self.s.ransac_px,
+                                                 maxIters=500, confidence=0.995, refineIters=10)
+        if m is None:
+            return None, 0.0
+        n = int(inliers.sum())
+        confidence = n / len(pts)
+        zoom = math.hypot(m[0, 0], m[1, 0])
+        angle = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+        if n < self.s.min_inliers or confidence < self.s.min_confidence or \
+                abs(zoom - 1) > self.s.max_zoom or angle > self.s.max_rotation:
+            return None, confidence
+        self._guess = _as3(m)
+        return self._guess @ self._anchor_pose, confidence
+
+
+def relation(pose_to: np.ndarray, pose_from: np.ndarray) -> np.ndarray:
+    """3x3 map from the pixels of the frame with ``pose_from`` to those of the frame with ``pose_to``."""
+    return pose_to @ np.linalg.inv(pose_from)
+
+
+def warp_into(src: np.ndarray, m: np.ndarray, dst: np.ndarray) -> None:
+    """Warp ``src`` by ``m`` (3x3 affine) onto ``dst`` in place; pixels with no source keep ``dst``."""
+    h, w = dst.shape[:2]
+    cv2.warpAffine(src, m[:2], (w, h), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+
+
+def coverage(m: np.ndarray, src_size: tuple[int, int], dst_shape: tuple[int, int], out: np.ndarray) -> np.ndarray:
+    """``out`` (uint8, ``dst_shape``) = 1 where ``m`` brings a pixel of a ``src_size`` (w, h) frame, else 0."""
+    w, h = src_size
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], np.float64).T
+    quad = (m @ corners)[:2].T
+    out[:] = 0
+    cv2.fillConvexPoly(out, np.round(quad * 16).astype(np.int32), 1, lineType=cv2.LINE_8, shift=4)
+    return out
+
+
+class ModelFrame:
+    """MOG2/KNN of one stream in the coordinates of the frame the model started at.
+
+    ``to_model(image, motion, k)`` returns the image to feed the model (a canvas
+    reused between frames) and whether the model must be started afresh;
+    ``from_model(mask)`` brings its mask back to the frame, 0 where unknown.
+    ``k``: input pixels per registered pixel.
+    """
+
+    def __init__(self):
+        self._epoch = None
+        self._origin = None     # pose of the model's first frame (registration pixels)
+        self._last = None       # frame -> model map of the last reliable frame (input pixels)
+        self._canvas = None
+        self._inverse = None    # model -> frame map of the current frame, None = identity
+        self._mask = None
+
+    def to_model(self, image: np.ndarray, motion: Motion, k: float) -> tuple[np.ndarray, bool]:
+        h, w = image.shape[:2]
+        fresh = self._canvas is None or self._canvas.shape != image.shape
+        if not fresh and motion.pose is not None:
+            if motion.epoch != self._epoch:
+                # registration was lost and found again: no relation to the old frames is known, so
+                # the model carries on as without compensation (identity) from this frame's coordinates
+                self._epoch, self._origin, self._last = motion.epoch, motion.pose, np.eye(3)
+            else:
+                m = rescaled(relation(self._origin, motion.pose), k)
+                # far from the model's frame (a pan): start again where the camera looks now
+                if displacement(m, (w, h)) > 0.05 * w and \
+                        coverage(m, (w, h), (h, w), self._cover(h, w)).mean() < MIN_OVERLAP:
+                    fresh = True
+                else:
+                    self._last = m
+        if fresh:
+            self._epoch = motion.epoch if motion.pose is not None else None
+            self._origin = motion.pose
+            self._last = np.eye(3)
+            self._canvas = image.copy()
+            self._inverse = None
+            return self._canvas, True
+        m = self._last
+        if displacement(m, (w, h)) <= DEAD_BAND * k:
+            np.copyto(self._canvas, image)
+            self._inverse = None
+        else:
+            warp_into(image, m, self._canvas)
+            self._inverse = np.linalg.inv(m)
+        return self._canvas, False
+
+    def from_model(self, mask: np.ndarray) -> np.ndarray:
+        if self._inverse is None:
+            return mask
+        h, w = mask.shape[:2]
+        return cv2.warpAffine(mask, self._inverse[:2], (w, h), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    def _cover(self, h: int, w: int) -> np.ndarray:
+        if self._mask is None or self._mask.shape != (h, w):
+            self._mask = np.empty((h, w), np.uint8)
+        return self._mask
+
+
+class Registrations:
+    """One :class:`Stabilizer` per stream, as a stage holds them."""
+
+    def __init__(self, settings: StabilizerSettings = StabilizerSettings()):
+        self.settings = settings
+        self._streams: dict[str, Stabilizer] = {}
+
+    def update(self, stream: str, grey: np.ndarray) -> Motion:
+        s = self._streams.get(stream)
+        if s is None:
+            s = self._streams[stream] = Stabilizer(self.settings)
+        return s.update(grey)
+
+    def reset(self, stream: str) -> None:
+        self._streams.pop(stream, None)
+
+    def clear(self) -> None:
+        self._streams.clear()

@@ -1,0 +1,170 @@
+"""Per nuisance family: MSFgNet against MOG2 and KNN, F-measure by the CDnet rules.
+
+The families and the seed/frame roles are the protocol of docs/models.md
+("Protocol for unseen cameras"): ``--split validation`` uses synthetic seeds
+201, 202 and highway frames 1200-1449; ``--split test`` seeds 301, 302 and
+highway 1450-1700. Validation chooses; test is only reported.
+
+    python tools/eval_families.py --split validation [--weights weights/msfgnet.onnx | DIR]
+        [--methods msfgnet,mog2,knn] [--families clean,hard,...] [--json FILE]
+
+Every method sees every frame of a sequence in order (synthetic: from frame
+1; highway: from 300 frames before the split's first, the background models'
+warm-up); only the split's frames are scored. The
+highway families need ``../shared/data/foreground/cdnet2014-highway`` and are
+left out with a message where it is absent; ``highway-jitter`` needs
+``training.data.jitter`` (real highway frames and their labels moved by the same
+random walk + oscillation, up to 15 px and 1 degree).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.cdnet import Confusion, open_sequence, read_image  # noqa: E402
+from pipeline.commands.eval_foreground import build_stage  # noqa: E402
+from pipeline.frame import Frame  # noqa: E402
+from training.data.families import (FAMILIES, HIGHWAY_FRAMES, JITTER_SEED, SEEDS, SYNTHETIC,  # noqa: E402
+                                    synthetic_frames)
+
+HIGHWAY = ROOT.parent / "shared" / "data" / "foreground" / "cdnet2014-highway"
+WARMUP = 300   # highway frames fed before the first scored one (MOG2/KNN learn their background)
+
+
+def highway_sequence(split: str, jitter: bool):
+    """(image, labels, scored) of highway frames 1..last of the split, optionally shaken."""
+    seq = open_sequence(HIGHWAY)
+    first, last = HIGHWAY_FRAMES[split]
+    path = None
+    if jitter:
+        from training.data.jitter import jitter_image, jitter_pair, shake_trajectory
+
+        path = shake_trajectory(last, seed=JITTER_SEED[split])
+    for n, p in seq.frames:
+        if n > last:
+            break
+        if n < first - WARMUP:
+            continue
+        scored = first <= n <= last
+        image = read_image(p)
+        labels = seq.groundtruth(n) if scored else None
+        if path is None:
+            yield image, labels, scored, seq.roi
+        elif scored:  # the moved labels carry the moved ROI (85 outside it)
+            yield (*jitter_pair(image, labels, path[n - 1], seq.roi), True, None)
+        else:
+            yield jitter_image(image, path[n - 1]), None, False, None
+
+
+def family_sequences(family: str, split: str):
+    """Each sequence of the family as an iterator of (image, labels, scored, roi)."""
+    if family == "highway":
+        return [highway_sequence(split, jitter=False)]
+    if family == "highway-jitter":
+        return [highway_sequence(split, jitter=True)]
+    return [((im, lab, sc, None) for im, lab, sc in synthetic_frames(family, s)) for s in SEEDS[split]]
+
+
+def score_family(method: str, family: str, split: str, weights: str | None,
+                 stabilize: str | None = None) -> dict[str, float]:
+    """Confusion summed over the family's sequences -> CDnet metrics, plus frames/s of the method."""
+    options = {"weights": weights} if method == "msfgnet" and weights else {}
+    if stabilize is not None:
+        options["stabilize"] = stabilize
+    confusion, busy, count = Confusion(), 0.0, 0
+    stage = build_stage(method, **options)
+    compensation = getattr(stage.config, "stabilize", "absent (no camera-motion compensation in this checkout)")
+    if stabilize is not None and compensation != stabilize:
+        raise SystemExit(f"eval_families: --stabilize {stabilize}: stage {method} has no such setting")
+    with stage:
+        for k, frames in enumerate(family_sequences(family, split)):
+            name = f"{family}-{k}"
+            stage.reset_stream(name)
+            for i, (image, labels, scored, roi) in enumerate(frames, start=1):
+                t = time.perf_counter()
+                frame = stage.process([Frame(name, i, None, image)])[0]
+                busy += time.perf_counter() - t
+                count += 1
+                if scored:
+                    confusion.add(frame.data["mask"], labels, roi)
+            stage.reset_stream(name)
+    metrics = confusion.metrics()
+    metrics["fps"] = count / busy if busy else math.nan
+    metrics["stabilize"] = compensation
+    return metrics
+
+
+def available(families: list[str]) -> list[str]:
+    out = []
+    for f in families:
+        if f.startswith("highway") and not HIGHWAY.is_dir():
+            print(f"skipping {f}: {HIGHWAY} is absent", file=sys.stderr)
+            continue
+        if f == "highway-jitter":
+            try:
+                import training.data.jitter  # noqa: F401
+            except ImportError:
+                print("skipping highway-jitter: training.data.jitter is not in this checkout", file=sys.stderr)
+                continue
+        out.append(f)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", choices=tuple(SEEDS), required=True)
+    p.add_argument("--methods", default="msfgnet,mog2,knn")
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--weights", default=None, help="msfgnet: manifest-listed ONNX graph or a `hazeflow adapt` folder")
+    p.add_argument("--stabilize", choices=("auto", "off"), default=None,
+                   help="camera-motion compensation of every stage (default: the stages' own default)")
+    p.add_argument("--json", default=None, metavar="FILE")
+    args = p.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    families = [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        p.error(f"unknown family {unknown[0]}; valid: {', '.join(FAMILIES)}")
+    families = available(families)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for family in families:
+        results[family] = {}
+        for method in methods:
+            results[family][method] = score_family(method, family, args.split, args.weights, args.stabilize)
+            m = results[family][method]
+            print(f"{args.split} {family:15s} {method:8s} F {m['F-measure']:.4f} "
+                  f"(P {m['Precision']:.3f} R {m['Recall']:.3f}) {m['fps']:.0f} frames/s", file=sys.stderr, flush=True)
+    report = {"split": args.split, "weights": args.weights or "weights/msfgnet.onnx (stage default)",
+              "seeds": SEEDS[args.split], "highway_frames": HIGHWAY_FRAMES[args.split], "families": results,
+              "mean_F_synthetic": {m: _mean([results[f][m]["F-measure"] for f in results if f in SYNTHETIC])
+                                   for m in methods}}
+    print(markdown(report, methods))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return 0
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def markdown(report: dict, methods: list[str]) -> str:
+    lines = ["| family | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for family, row in report["families"].items():
+        lines.append(f"| {family} | " + " | ".join(f"{row[m]['F-measure']:.3f}" for m in methods) + " |")
+    lines.append("| mean (synthetic) | " + " | ".join(f"{report['mean_F_synthetic'][m]:.3f}" for m in methods) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
