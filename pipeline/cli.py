@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("cpu", "cuda"), default=None)
     run.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="log lines on stderr as text or one JSON object per line")
 
     ev = sub.add_parser("eval", help="evaluate a method on a dataset")
     evsub = ev.add_subparsers(dest="what", required=True)
@@ -158,6 +160,9 @@ def command_key(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     key = command_key(args)
+    from pipeline.observability.logs import configure_logging
+
+    configure_logging(getattr(args, "log_format", "text"), args.verbose)
     try:
         module = importlib.import_module(COMMANDS[key])
         return int(module.main(args) or 0)

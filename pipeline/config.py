@@ -2,9 +2,9 @@
 
 Top-level keys of a config file::
 
-    inputs:  [URI, ...]  or  [{uri: URI, name: NAME, live: BOOL, options: {...}}, ...]
+    inputs:  [URI, ...]  or  [{uri: URI, name: NAME, live: BOOL, options: {...}, stall_timeout_s: S}, ...]
     output:  DIR
-    runtime: {backend, device, max_frames, queue_size, policy}
+    runtime: {backend, device, max_frames, queue_size, policy, summary_interval_s, metrics: {port, host}}
     stages:  [{STAGE_NAME: {stage keys..., batch: N, batch_timeout_ms: MS}}, ...]
     outputs: {dehazed_video, masks, preview, events, codec, crf, preview_scale,
               segment_s, keep_hours, max_disk_gb}
@@ -47,6 +47,26 @@ class InputConfig:
     live: bool | None = None
     #: passed to ``pipeline.sources.open_source(uri, name, **options)``
     options: dict = field(default_factory=dict)
+    #: a live input that sends no frame for this long is stalled: counted, logged, reconnected
+    stall_timeout_s: float = 10.0
+
+    def __post_init__(self):
+        if not self.stall_timeout_s > 0:
+            raise ValueError(f"stall_timeout_s must be > 0 seconds, got {self.stall_timeout_s}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``runtime.metrics``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` on one port."""
+
+    port: int
+    host: str = "127.0.0.1"
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("runtime.metrics.port", f"must be in [0, 65535] (0 = any free port), got {self.port}")
+        if not self.host.strip():
+            raise ConfigError("runtime.metrics.host", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class RuntimeConfig:
     #: rewrite summary.json this often while running (0 = only at the end); a camera that runs for
     #: days, or a process that is killed, still leaves current numbers behind
     summary_interval_s: float = 30.0
+    #: ``{port, host}``: serve metrics and health checks (None: no endpoint)
+    metrics: MetricsConfig | None = None
 
     def __post_init__(self):
         if self.summary_interval_s < 0:
@@ -222,17 +244,35 @@ def build_dataclass(cls, values, where: str, source: str | None = None):
             valid = ", ".join(fields) or "(none)"
             raise ConfigError(f"{where}.{key}", f"unknown key{_in(source)}; valid keys: {valid}")
         hint = hints.get(key, Any)
+        nested = _dataclass_in(hint)
+        if nested is not None and value is not None:  # a section inside a section
+            kwargs[key] = build_dataclass(nested, value, f"{where}.{key}", source)
+            continue
         try:
             kwargs[key] = _coerce(value, hint)
         except TypeError:
             raise ConfigError(f"{where}.{key}",
                               f"expected {_type_name(hint)}, got {_describe(value)}{_in(source)}") from None
+    missing = [name for name, f in fields.items() if name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}", f"required key missing{_in(source)}")
     try:
         return cls(**kwargs)
     except ConfigError as e:  # a Config.__post_init__ that names the key itself
         raise ConfigError(e.input, f"{e.cause}{_in(source)}") from None
     except (TypeError, ValueError) as e:  # a Config.__post_init__ may reject a value
         raise ConfigError(where, f"{e}{_in(source)}") from None
+
+
+def _dataclass_in(hint):
+    """The dataclass a field holds (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def _in(source: str | None) -> str:

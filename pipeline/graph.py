@@ -31,17 +31,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.errors import ConfigError, PipelineError, SourceError, StageError
 from pipeline.frame import Frame
 from pipeline.gpu import HostSide
+from pipeline.observability import Observer, RunReport
+from pipeline.observability.stats import REASON_SHUTDOWN, REASON_STAGE_ERROR
 from pipeline.queues import EndOfStream, FrameQueue
-from pipeline.sinks import StreamOutputs, inside, safe_name, write_json_atomic
-from pipeline.sinks.summary import LatencyWindow, latency_stats
+from pipeline.sinks import StreamOutputs, safe_name
 
 log = logging.getLogger("hazeflow.graph")
 
@@ -50,8 +50,6 @@ SOURCE_PORTS = ("image",)
 #: how long a stopped reader may take before the graph stops waiting for it
 READER_GRACE_S = 5.0
 
-REASON_SHUTDOWN = "shutdown"
-REASON_STAGE_ERROR = "stage error"
 
 
 @dataclass
@@ -136,72 +134,22 @@ def check_ports(nodes: Sequence[StageNode], source_ports: Sequence[str] = SOURCE
         available.extend(p for p in getattr(node.stage, "outputs", ()) if p not in available)
 
 
-# ------------------------------------------------------------------ statistics
-@dataclass
-class StreamStats:
-    name: str
-    input: str
-    live: bool
-    fps_hint: float
-    frames_in: int = 0
-    processed: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    latency_s: LatencyWindow = field(default_factory=LatencyWindow)  # read -> written, per frame
-    errors: list = field(default_factory=list)
-    t_first_in: float | None = None
-    t_last_out: float | None = None
-    ended: bool = False
-
-
-@dataclass
-class StageStats:
-    name: str
-    frames: int = 0
-    calls: int = 0
-    busy_s: float = 0.0
-    latency_s: LatencyWindow = field(default_factory=LatencyWindow)  # duration of the call each frame was in
-    engine: dict | None = None  # a learned stage's engine_info: backend, precision, how it was chosen, parity
-
-    def as_dict(self) -> dict:
-        d = latency_stats(self.latency_s.values())
-        out = {"frames": self.frames, "calls": self.calls,
-               "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
-               "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "mean_ms": d["mean_ms"]}
-        if self.engine:
-            out["engine"] = self.engine
-        return out
-
-
-@dataclass
-class RunReport:
-    """What ``Graph.run`` returns; ``error`` is the first failure (None on success)."""
-
-    streams: dict
-    stages: dict
-    errors: list
-    interrupted: bool
-    wall_s: float
-    outputs: dict  # stream -> list of paths
-    summary_paths: list
-    error: PipelineError | None = None
-
-    @property
-    def frames_processed(self) -> int:
-        return sum(s["frames"]["processed"] for s in self.streams.values())
-
-
 class Graph:
     """Runs stages over sources and writes the outputs.
 
     ``nodes``: the stages in order (see ``build_stages``). ``outputs``: the
     ``OutputsConfig``. ``policy``: ``auto`` (live sources drop, files block),
     ``block`` or ``drop_oldest`` for every stream. ``live`` maps a stream name
-    to True/False to override the source's own ``is_live``.
+    to True/False to override the source's own ``is_live``; ``stall_timeout_s``
+    maps a stream name to the seconds a live camera may send nothing before it
+    counts as stalled (default 10). What happens is reported to ``observer``
+    (``pipeline.observability.Observer``), which keeps the numbers, writes
+    ``summary.json`` and feeds the metrics endpoint.
     """
 
     def __init__(self, nodes: Sequence[StageNode], output: str | Path, outputs, *, queue_size: int = 8,
                  policy: str = "auto", max_frames: int | None = None, live: dict | None = None,
-                 summary_interval_s: float = 0.0):
+                 summary_interval_s: float = 0.0, stall_timeout_s: dict | None = None):
         check_ports(nodes)
         if queue_size < 1:
             raise ConfigError("runtime.queue_size", f"must be >= 1, got {queue_size}")
@@ -212,28 +160,37 @@ class Graph:
         self.policy = policy
         self.max_frames = max_frames
         self.live_override = live or {}
+        self.stall_timeout_s = stall_timeout_s or {}
         self.summary_interval_s = summary_interval_s
+        self.observer = Observer(self.output, [n.name for n in self.nodes])
         self._outputs: dict = {}
         self._stop = threading.Event()
         self._hard_stop = threading.Event()
-        self._lock = threading.Lock()
-        self.errors: list[dict] = []
-        self.graph_errors: list[dict] = []  # errors not tied to one stream (stage, sink)
-        self._first_error: PipelineError | None = None
-        self.interrupted = False
-        self.streams: dict[str, StreamStats] = {}
-        self.stage_stats = {n.name: StageStats(n.name) for n in self.nodes}
-        self.sink_stats = StageStats("sinks")  # encoding and writing, timed like a stage
         self._sources: list = []
         self._queues: list[FrameQueue] = []
-        self._t0 = None
         self._sink_host = HostSide()  # the sink thread's waits and downloads (GPU stages only)
+
+    @property
+    def streams(self) -> dict:
+        return self.observer.streams
+
+    @property
+    def errors(self) -> list:
+        return self.observer.errors
+
+    @property
+    def interrupted(self) -> bool:
+        return self.observer.interrupted
+
+    @property
+    def _first_error(self) -> PipelineError | None:
+        return self.observer.first_error
 
     # ------------------------------------------------------------ public
     def stop(self, reason: str = "interrupted") -> None:
         """Stop reading; what is in flight is processed and written. Thread-safe."""
         if reason == "interrupted":
-            self.interrupted = True
+            self.observer.interrupted = True
         if self._stop.is_set():
             return
         self._stop.set()
@@ -254,14 +211,7 @@ class Graph:
 
     def progress(self) -> dict:
         """Totals for a progress bar: frames in, processed, dropped, frames/s."""
-        with self._lock:
-            fin = sum(s.frames_in for s in self.streams.values())
-            done = sum(s.processed for s in self.streams.values())
-            dropped = sum(sum(s.dropped.values()) for s in self.streams.values())
-        dropped += sum(q.dropped_total for q in self._queues)
-        elapsed = time.monotonic() - self._t0 if self._t0 else 0.0
-        return {"in": fin, "processed": done, "dropped": dropped,
-                "fps": done / elapsed if elapsed > 0 else 0.0}
+        return self.observer.progress()
 
     def run(self, sources: Sequence, on_progress: Callable[[dict], None] | None = None,
             progress_interval_s: float = 0.25) -> RunReport:
@@ -273,7 +223,7 @@ class Graph:
         """
         self._sources = list(sources)
         self._register_streams()
-        self._t0 = time.monotonic()
+        self.observer.start()
         live = {s.name for s in self.streams.values() if s.live}
         names = [n.name for n in self.nodes] + ["sinks"]
         self._queues = [FrameQueue(self.queue_size, name=n, live_streams=live) for n in names]
@@ -282,6 +232,7 @@ class Graph:
         outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint, live=live_inputs[name])
                    for name, s in self.streams.items()}
         self._outputs = outputs
+        self.observer.watch(self._queues, outputs)
 
         ready = [threading.Event() for _ in self.nodes]
         workers = [threading.Thread(target=self._stage_worker, name=f"stage-{n.name}",
@@ -325,7 +276,8 @@ class Graph:
             elif self.policy == "drop_oldest":
                 live = True
             fps = getattr(source, "fps", None) or 25.0
-            self.streams[name] = StreamStats(name, getattr(source, "uri_masked", name), live, float(fps))
+            self.observer.add_stream(name, getattr(source, "uri_masked", name), live, float(fps), source,
+                                     self.stall_timeout_s.get(name))
 
     def _wait_ready(self, ready) -> bool:
         """Wait until every stage's setup ran; False if one failed (the error is recorded)."""
@@ -357,6 +309,7 @@ class Graph:
     def _reader(self, source, q0: FrameQueue, done: Callable[[], None]) -> None:
         stats = self.streams[source.name]
         limit = self.max_frames
+        failed = False
         try:
             with source:
                 for frame in source:
@@ -366,31 +319,31 @@ class Graph:
                         frame.stream = source.name  # the graph's (deduplicated) name wins
                     now = time.monotonic()
                     frame.data["_t_in"] = now
-                    with self._lock:
-                        stats.frames_in += 1
-                        if stats.t_first_in is None:
-                            stats.t_first_in = now
+                    read = self.observer.frame_in(source.name, now)
                     if not q0.put(frame, self._stop):
-                        self._count_discard(q0, stats)
-                    if limit is not None and stats.frames_in >= limit:
+                        self._count_discard(q0, frame.stream)
+                    if limit is not None and read >= limit:
                         break
         except PipelineError as e:
+            failed = True
             self._record(e, stream=source.name, fatal=False)
         except Exception as e:  # a decoder fault we did not map: still one line, naming the input
+            failed = True
             self._record(SourceError(stats.input, f"{type(e).__name__}: {e}"), stream=source.name, fatal=False)
         finally:
+            self.observer.source_done(source.name, failed)
             q0.put(EndOfStream(source.name))
             done()
 
     def _stage_worker(self, node: StageNode, q_in: FrameQueue, q_out: FrameQueue, ready: threading.Event):
-        stage, stats = node.stage, self.stage_stats[node.name]
+        stage = node.stage
         timeout_s = node.batch_timeout_ms / 1000.0
         try:
             try:
                 cuda = CudaLink(stage) if CudaLink.wanted(stage) else None
                 host = HostSide() if cuda is None else None
                 stage.setup()
-                stats.engine = getattr(stage, "engine_info", None)
+                self.observer.stage_ready(node.name, getattr(stage, "engine_info", None))
             except Exception as e:
                 self._record(_as_stage_error(node.name, e, "setup"))
                 self._discard(q_in.abandon(), REASON_STAGE_ERROR)
@@ -409,7 +362,7 @@ class Graph:
                         cuda.before(batch)
                     else:
                         host.frames_to_host(batch)  # after GPU stages: wait, download once
-                    done = self._process(node, stats, batch)
+                    done = self._process(node, batch)
                     if cuda is not None:
                         cuda.after(done)
                 except Exception as e:
@@ -419,7 +372,7 @@ class Graph:
                     break
                 for frame in done:
                     if not q_out.put(frame, self._hard_stop):
-                        self._count_discard(q_out, self.streams[frame.stream])
+                        self._count_discard(q_out, frame.stream)
         finally:
             try:
                 stage.close()
@@ -427,29 +380,24 @@ class Graph:
                 self._record(_as_stage_error(node.name, e, "close"))
             q_out.close()
 
-    def _process(self, node: StageNode, stats: StageStats, batch: list) -> list:
+    def _process(self, node: StageNode, batch: list) -> list:
         """Run the stage on ``batch``, split where a stream restarts (reset before its frame)."""
         out = []
         start = 0
         for i in range(len(batch) + 1):
             reset = i < len(batch) and batch[i].data.get("stream_reset")
             if i == len(batch) or (reset and i > start):
-                out.extend(self._call(node, stats, batch[start:i]))
+                out.extend(self._call(node, batch[start:i]))
                 start = i
             if reset:
                 node.stage.reset_stream(batch[i].stream)
         return out
 
-    def _call(self, node: StageNode, stats: StageStats, frames: list) -> Sequence[Frame]:
+    def _call(self, node: StageNode, frames: list) -> Sequence[Frame]:
         t = time.perf_counter()
         result = node.stage.process(frames)
-        dt = time.perf_counter() - t
-        result = frames if result is None else result
-        stats.calls += 1
-        stats.frames += len(frames)
-        stats.busy_s += dt
-        stats.latency_s.add(dt, len(frames))
-        return result
+        self.observer.stage_call(node.name, time.perf_counter() - t, len(frames))
+        return frames if result is None else result
 
     def _sink_worker(self, q_in: FrameQueue, outputs: dict) -> None:
         try:
@@ -478,26 +426,11 @@ class Graph:
         self._sink_host.frame_to_host(frame)
         t = time.perf_counter()
         out.write(frame)
-        dt = time.perf_counter() - t
-        sinks = self.sink_stats
-        sinks.frames += 1
-        sinks.calls += 1
-        sinks.busy_s += dt
-        sinks.latency_s.add(dt)
-        now = time.monotonic()
-        stats = self.streams[frame.stream]
-        t_in = frame.data.pop("_t_in", None)
-        with self._lock:
-            stats.processed += 1
-            stats.t_last_out = now
-            if t_in is not None:
-                stats.latency_s.add(now - t_in)
+        self.observer.frame_written(frame, time.perf_counter() - t, time.monotonic())
 
     def _finalise(self, out: StreamOutputs) -> None:
-        stats = self.streams[out.stream]
-        if stats.ended:
+        if not self.observer.stream_ended(out.stream):
             return
-        stats.ended = True
         try:
             out.close()
         except Exception as e:
@@ -509,30 +442,18 @@ class Graph:
         """Remember an error; a fatal one (stage, sink) stops the whole run."""
         if not isinstance(error, PipelineError):
             error = StageError("graph", f"{type(error).__name__}: {error}")
-        entry = {"where": error.input, "error": error.cause, "type": type(error).__name__}
-        with self._lock:
-            self.errors.append(entry)
-            if self._first_error is None:
-                self._first_error = error
-            if stream is not None:
-                self.streams[stream].errors.append(entry)
-            else:
-                self.graph_errors.append(entry)
-        # debug only: the CLI prints the first error as its one line, summary.json keeps them all
-        log.debug("%s: %s", error.input, error.cause)
+        self.observer.error(error, stream)
         if fatal:
             self.stop(reason="error")
 
     def _discard(self, frames, reason: str) -> None:
-        with self._lock:
-            for f in frames:
-                self.streams[f.stream].dropped[reason] += 1
+        for f in frames:
+            self.observer.dropped(f.stream, reason)
 
-    def _count_discard(self, q: FrameQueue, stats: StreamStats) -> None:
+    def _count_discard(self, q: FrameQueue, stream: str) -> None:
         """A put was refused at shutdown or after an error (drop_oldest counts its own drops)."""
         reason = REASON_STAGE_ERROR if self._first_error is not None else REASON_SHUTDOWN
-        with self._lock:
-            stats.dropped[reason] += 1
+        self.observer.dropped(stream, reason)
 
     def _join(self, readers, workers, on_progress, interval) -> None:
         stopped_at = None
@@ -553,89 +474,30 @@ class Graph:
                     self._queues[0].close()
                     readers = []
             alive[0].join(interval)
+            self._watch()
             if on_progress is not None:
                 on_progress(self.progress())
             if next_summary is not None and time.monotonic() >= next_summary:
-                self._write_summaries(self._outputs, final=False)
+                self.observer.write_summaries(self._outputs, final=False)
                 next_summary = time.monotonic() + self.summary_interval_s
+
+    def _watch(self) -> None:
+        """Stalls (a live camera silent for its stall timeout: reconnect it) and rate-limited drop lines."""
+        if self._stop.is_set():  # stopping: silent cameras are being closed, not stalled
+            self.observer.log_drops()
+            return
+        for name in self.observer.check_stalls():
+            source = next((s for s in self._sources if s.name == name), None)
+            reconnect = getattr(source, "request_reconnect", None)
+            if callable(reconnect):
+                reconnect("stall")
+        self.observer.log_drops()
 
     # ------------------------------------------------------------ summary
     def _finish(self, outputs: dict) -> RunReport:
-        for q in self._queues:  # drops counted by the live queues
-            for (stream, reason), n in q.drops.items():
-                self.streams[stream].dropped[reason] += n
-            q.drops.clear()
-        return self._write_summaries(outputs, final=True)
-
-    def _write_summaries(self, outputs: dict, final: bool) -> RunReport | None:
-        """summary.json per stream and for the run; ``final=False`` while running (``"running": true``,
-        the live queues' drops added without moving them). The workers keep counting meanwhile: a
-        snapshot that changes under it is skipped and taken at the next interval."""
-        wall = time.monotonic() - self._t0
-        try:
-            pending: dict = {}
-            if not final:
-                for q in self._queues:
-                    for key, n in list(q.drops.items()):
-                        pending[key] = pending.get(key, 0) + n
-            stages = {name: s.as_dict() for name, s in self.stage_stats.items()}
-            stages["sinks"] = self.sink_stats.as_dict()
-            streams, paths = {}, {}
-            for name, s in self.streams.items():
-                out = outputs[name]
-                paths[name] = out.paths()
-                streams[name] = self._stream_summary(s, stages, out, wall, pending)
-                streams[name]["running"] = not final
-        except RuntimeError:  # a dict resized by a worker during the snapshot
-            if final:
-                raise
-            return None
-        summary_paths = []
-        for name in streams:
-            folder = inside(self.output, safe_name(name))
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / "summary.json", streams[name])
-            summary_paths.append(folder / "summary.json")
-        self.output.mkdir(parents=True, exist_ok=True)
-        total = sum(s.processed for s in self.streams.values())
-        write_json_atomic(self.output / "summary.json", {
-            "streams": streams, "stages": stages, "errors": list(self.errors), "interrupted": self.interrupted,
-            "running": not final, "wall_s": round(wall, 3), "fps": round(total / wall, 2) if wall > 0 else None,
-            "frames": {"in": sum(s.frames_in for s in self.streams.values()), "processed": total,
-                       "dropped": sum(st["frames"]["dropped"] for st in streams.values())},
-        })
-        summary_paths.append(self.output / "summary.json")
-        if not final:
-            return None
-        return RunReport(streams=streams, stages=stages, errors=list(self.errors), interrupted=self.interrupted,
-                         wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self._first_error)
-
-    def _stream_summary(self, s: StreamStats, stages: dict, out: StreamOutputs, wall: float,
-                        pending: dict | None = None) -> dict:
-        span = (s.t_last_out - s.t_first_in) if (s.t_last_out and s.t_first_in) else 0.0
-        dropped = dict(s.dropped)
-        for (stream, reason), n in (pending or {}).items():
-            if stream == s.name:
-                dropped[reason] = dropped.get(reason, 0) + n
-        source = next((src for src in self._sources if src.name == s.name), None)
-        return {
-            "stream": s.name,
-            "input": s.input,
-            "live": s.live,
-            "policy": "drop_oldest" if s.live else "block",
-            "frames": {"in": s.frames_in, "processed": s.processed, "dropped": sum(dropped.values()),
-                       "dropped_by_reason": dropped},
-            "fps": round(s.processed / span, 2) if span > 0 else None,
-            "wall_s": round(wall, 3),
-            "latency": {"end_to_end": latency_stats(s.latency_s.values())},
-            "stages": stages,
-            # this stream's own errors, then those that stopped the whole graph
-            "errors": list(s.errors) + list(self.graph_errors),
-            "source_events": list(getattr(source, "events", []) or []),
-            "interrupted": self.interrupted,
-            "outputs": sorted(str(p.relative_to(out.folder)) for p in out.paths()),
-            **out.summaries(),  # e.g. "analytics": totals and time bins
-        }
+        self.observer.collect_queue_drops()
+        self.observer.log_drops(force=True)
+        return self.observer.write_summaries(outputs, final=True)
 
 
 def _as_stage_error(name: str, e: Exception, when: str = "") -> PipelineError:

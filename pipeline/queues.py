@@ -10,7 +10,17 @@ Two policies, chosen per item so that files and live cameras can share a graph:
 
 Control messages (end of stream) are never dropped and do not count against
 the capacity: losing one would leave a stream's outputs unfinished. Stream
-resets travel in band, as ``frame.data["stream_reset"]`` (see sources/base.py).
+resets travel in band, as ``frame.data["stream_reset"]`` (see sources/base.py);
+``drop_oldest`` never loses one: the marker of a dropped frame moves to the
+next frame of its stream, and a frame that carries the only marker of its
+stream is not chosen as the victim.
+
+Isolation: the victim is the oldest frame of the stream that holds the most
+frames in the queue, so a camera that floods the graph drops its own frames
+rather than those of the cameras beside it.
+
+A ``block`` put that has to wait is backpressure, not loss: it is counted
+(``blocked_puts``, ``blocked_s``) so a slow stage shows where it sits.
 """
 from __future__ import annotations
 
@@ -20,6 +30,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from pipeline.frame import Frame
+
+#: the in-band reset marker of a frame (pipeline.sources.base)
+RESET_KEY = "stream_reset"
 
 BLOCK = "block"
 DROP_OLDEST = "drop_oldest"
@@ -65,6 +78,9 @@ class FrameQueue:
         self.drops: Counter = Counter()
         self.dropped_total = 0
         self.high_water = 0
+        self.blocked_puts = 0  # block-policy puts that found the queue full
+        self.blocked_s = 0.0  # and the time they waited
+        self._per_stream: Counter = Counter()  # stream -> live frames in _items
 
     # -------------------------------------------------------------- producer
     def put(self, item, stop: threading.Event | None = None) -> bool:
@@ -84,10 +100,16 @@ class FrameQueue:
                 return True
             if self._is_live(item):
                 return self._put_live(item)
-            while self._frames >= self.maxsize and not self._abandoned:
-                if stop is not None and stop.is_set():
-                    return False
-                self._not_full.wait(0.1)
+            if self._frames >= self.maxsize:
+                self.blocked_puts += 1
+                t = time.monotonic()
+                try:
+                    while self._frames >= self.maxsize and not self._abandoned:
+                        if stop is not None and stop.is_set():
+                            return False
+                        self._not_full.wait(0.1)
+                finally:
+                    self.blocked_s += time.monotonic() - t
             if self._abandoned:
                 return False
             self._append(item, frame=True)
@@ -95,13 +117,19 @@ class FrameQueue:
 
     def _put_live(self, frame: Frame) -> bool:
         if self._frames >= self.maxsize:
-            victim = self._oldest_live_frame()
-            if victim is None:  # full of lossless frames: the newcomer is the oldest live one
-                self._count_drop(frame.stream)
-                return True
-            del self._items[victim[0]]
-            self._frames -= 1
-            self._count_drop(victim[1].stream)
+            victim = self._victim(frame)
+            if victim is None:  # nothing droppable queued: the newcomer is the oldest live frame
+                if not frame.data.get(RESET_KEY):
+                    self._count_drop(frame.stream)
+                    return True
+                # it carries a reset that nothing else can take over: kept, one over capacity
+            else:
+                index, old = victim
+                del self._items[index]
+                self._frames -= 1
+                self._per_stream[old.stream] -= 1
+                self._hand_over_reset(old, index, frame)
+                self._count_drop(old.stream)
         self._append(frame, frame=True)
         return True
 
@@ -109,11 +137,29 @@ class FrameQueue:
         self.drops[(stream, self.reason)] += 1
         self.dropped_total += 1
 
-    def _oldest_live_frame(self):
-        for i, item in enumerate(self._items):
-            if isinstance(item, Frame) and self._is_live(item):
-                return i, item
-        return None
+    def _victim(self, newcomer: Frame):
+        """(index, frame) to drop, or None to drop the newcomer: the oldest frame of the stream with
+        the most live frames queued (the newcomer counted), never a frame whose reset marker no
+        later frame of its stream could take over."""
+        counts = Counter(self._per_stream)
+        counts[newcomer.stream] += 1
+        candidates = sorted((-counts[item.stream], i) for i, item in enumerate(self._items)
+                            if isinstance(item, Frame) and self._is_live(item)
+                            and not (item.data.get(RESET_KEY) and counts[item.stream] < 2))
+        if not candidates or -candidates[0][0] < counts[newcomer.stream]:
+            return None
+        i = candidates[0][1]
+        return i, self._items[i]
+
+    def _hand_over_reset(self, dropped: Frame, index: int, newcomer: Frame) -> None:
+        """The next frame of the dropped frame's stream takes over its reset marker."""
+        reason = dropped.data.get(RESET_KEY)
+        if not reason:
+            return
+        later = (item for item in list(self._items)[index:] if isinstance(item, Frame) and item.stream == dropped.stream)
+        heir = next(later, newcomer if newcomer.stream == dropped.stream else None)
+        if heir is not None and not heir.data.get(RESET_KEY):
+            heir.data[RESET_KEY] = reason
 
     def _is_live(self, frame: Frame) -> bool:
         return self.policy == DROP_OLDEST or frame.stream in self.live_streams
@@ -122,6 +168,8 @@ class FrameQueue:
         self._items.append(item)
         if frame:
             self._frames += 1
+            if self._is_live(item):
+                self._per_stream[item.stream] += 1
             if self._frames > self.high_water:
                 self.high_water = self._frames
         self._not_empty.notify()
@@ -166,6 +214,8 @@ class FrameQueue:
                     break
                 self._items.popleft()
                 self._frames -= 1
+                if self._is_live(item):
+                    self._per_stream[item.stream] -= 1
                 batch.append(item)
             self._not_full.notify_all()
             return batch
@@ -180,9 +230,29 @@ class FrameQueue:
             frames = [item for item in self._items if isinstance(item, Frame)]
             self._items.clear()
             self._frames = 0
+            self._per_stream.clear()
             self._not_full.notify_all()
             self._not_empty.notify_all()
             return frames
+
+    # -------------------------------------------------------------- observers
+    def drop_counts(self) -> dict:
+        """A copy of ``drops``, taken under the lock (readers in other threads)."""
+        with self._lock:
+            return dict(self.drops)
+
+    def take_drops(self) -> dict:
+        """``drops`` handed over and cleared (the graph moves them into the streams' counts)."""
+        with self._lock:
+            out = dict(self.drops)
+            self.drops.clear()
+            return out
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"depth": self._frames, "capacity": self.maxsize, "high_water": self.high_water,
+                    "blocked_puts": self.blocked_puts, "blocked_s": round(self.blocked_s, 3),
+                    "dropped": self.dropped_total}
 
     def __len__(self) -> int:
         with self._lock:

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import load_config, with_overrides
 from pipeline.errors import ConfigError
 from pipeline.graph import Graph, build_stages
+from pipeline.observability.metrics import serve_metrics
 
 
 def open_sources(config) -> list:
@@ -36,6 +37,10 @@ def open_sources(config) -> list:
 
 def live_overrides(config, sources) -> dict:
     return {s.name: item.live for item, s in zip(config.inputs, sources) if item.live is not None}
+
+
+def stall_timeouts(config, sources) -> dict:
+    return {s.name: item.stall_timeout_s for item, s in zip(config.inputs, sources)}
 
 
 class Progress:
@@ -85,7 +90,8 @@ def graph_for(config, nodes, sources) -> Graph:
     try:
         return Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
                      policy=config.runtime.policy, max_frames=config.runtime.max_frames,
-                     live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s)
+                     live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s,
+                     stall_timeout_s=stall_timeouts(config, sources))
     except BaseException:
         for s in sources:
             s.close()
@@ -101,6 +107,12 @@ def main(args) -> int:
     nodes = build_stages(config.stages)
     sources = open_sources(config)
     graph = graph_for(config, nodes, sources)
+    try:
+        metrics = serve_metrics(config.runtime.metrics, graph.observer)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     progress = Progress(sources, show, config.runtime.max_frames)
     restore = _sigterm_as_interrupt()
@@ -111,6 +123,8 @@ def main(args) -> int:
             progress(graph.progress())
         progress.close()
         restore()
+        if metrics is not None:
+            metrics.close()
     _print_outputs(report, Path(config.output))
     if report.interrupted:
         print("hazeflow: interrupted; outputs of the processed frames were kept", file=sys.stderr)

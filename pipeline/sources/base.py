@@ -81,7 +81,7 @@ class Source:
     def record_event(self, kind: str, message: str, level: int = logging.INFO) -> None:
         """Append to ``events`` and log; ``message`` must already be masked."""
         self.events.append({"time": time.time(), "kind": kind, "message": message})
-        log.log(level, "%s: %s: %s", self.name, kind, message)
+        log.log(level, "%s: %s", self.name, message, extra={"stream": self.name, "event": kind})
 
     def request_reset(self, reason: str) -> None:
         """Mark the next frame with ``data['stream_reset'] = reason``."""

@@ -64,6 +64,7 @@ class RtspSource(Source):
         self.threads = int(threads)
         self.reconnects = 0
         self.connected = False
+        self._reconnect_reason: str | None = None
 
     def default_name(self) -> str:
         # rtsp://user:pw@cam1.local:554/stream1 -> cam1.local_554_stream1 (no credentials in names)
@@ -89,9 +90,19 @@ class RtspSource(Source):
         self.fps = float(rate) if rate else self.fps
         return container, stream
 
+    def _decode(self, container, stream):
+        """Decoded pictures, with a chance to stop after every packet (even one with no picture)."""
+        for packet in container.demux(stream):
+            if self._reconnect_reason is not None or self.closed:
+                yield None
+                return
+            yield from packet.decode()
+
     def _cause(self, e: Exception) -> str:
         cause = av_cause(e)
-        if "Invalid data" in cause or "timed out" in cause.lower():
+        if "Immediate exit requested" in cause:  # PyAV's read timeout interrupts FFmpeg with this
+            cause = f"no data for {self.timeout:g} s (read timed out)"
+        elif "Invalid data" in cause or "timed out" in cause.lower():
             cause = f"{cause} (no valid data within {self.timeout:g} s?)"
         return mask_credentials(cause)
 
@@ -121,10 +132,14 @@ class RtspSource(Source):
             got = 0
             offset = None
             cause = "stream ended"
+            self._reconnect_reason = None
             try:
-                for decoded in container.decode(stream):
+                for decoded in self._decode(container, stream):
                     if self.closed:
                         return
+                    if self._reconnect_reason is not None:
+                        cause = f"reconnect requested ({self._reconnect_reason})"
+                        break
                     now = time.monotonic() - started
                     # pts: wall clock at the first frame of a connection, then the stream's own clock
                     if decoded.time is None or offset is None:
@@ -150,6 +165,12 @@ class RtspSource(Source):
                 failures += 1
                 self._give_up_or_wait(failures, delay, cause)
                 delay = min(delay * 2, self.backoff_max)
+
+    def request_reconnect(self, reason: str) -> None:
+        """Drop the connection at the next packet and connect again (the graph's stall watchdog
+        calls this from another thread). A socket with no data at all is cut sooner by
+        FFmpeg's own ``timeout``."""
+        self._reconnect_reason = reason
 
     def _give_up_or_wait(self, failures: int, delay: float, cause: str) -> None:
         if self.max_attempts is not None and failures >= self.max_attempts:
