@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: commands whose INFO log lines (stream events, backend choices) reach stderr without --verbose
+LOUD_COMMANDS = ("run",)
+
+
 def command_key(args: argparse.Namespace) -> str:
     return f"eval {args.what}" if args.command == "eval" else args.command
 
@@ -162,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     key = command_key(args)
     from pipeline.observability.logs import configure_logging
 
-    configure_logging(getattr(args, "log_format", "text"), args.verbose)
+    # `run` is the long-lived, monitored command: its events are INFO lines. The others keep stderr
+    # to warnings and the one-line error, so scripts can read their failure line as before.
+    configure_logging(getattr(args, "log_format", "text"), args.verbose, quiet=key not in LOUD_COMMANDS)
     try:
         module = importlib.import_module(COMMANDS[key])
         return int(module.main(args) or 0)

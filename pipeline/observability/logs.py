@@ -80,9 +80,9 @@ class _HazeflowHandler(logging.StreamHandler):
         self._own = value
 
 
-def configure_logging(fmt: str = "text", verbose: bool = False, stream=None) -> logging.Logger:
-    """Send the ``hazeflow`` loggers to ``stream`` (default: stderr) as ``fmt`` lines; INFO, or DEBUG
-    if ``verbose``.
+def configure_logging(fmt: str = "text", verbose: bool = False, stream=None, quiet: bool = False) -> logging.Logger:
+    """Send the ``hazeflow`` loggers to ``stream`` (default: stderr) as ``fmt`` lines; INFO (WARNING
+    if ``quiet``), or DEBUG if ``verbose``.
 
     Idempotent: a second call replaces the handler of the first (tests call it
     more than once in one process). Records still propagate to the root logger,
@@ -96,5 +96,5 @@ def configure_logging(fmt: str = "text", verbose: bool = False, stream=None) -> 
     handler = _HazeflowHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     return logger
