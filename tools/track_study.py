@@ -278,11 +278,14 @@ def run_seed(seed: int, args) -> dict:
               "detect_s": round(detect_s, 1),
               "truth": {d: len(v) for d, v in crossed.items()}, "lane_speeds_kmh": [[d, round(s, 2)] for d, s in lanes],
               "trackers": {}}
-    for tracker in args.trackers:
+    variants = [(t, mo) for t in args.trackers for mo in args.max_occluded]
+    for tracker, max_occluded in variants:
         hyps, crossings, totals, t_frame = track(masks, tracker, analytics_config, stream,
-                                                  {"min_area": args.blob_min_area})
+                                                  {"min_area": args.blob_min_area,
+                                                   "max_occluded": max_occluded, "min_age": args.min_age})
         counted = [c for c in crossings if c["frame"] > args.skip]
-        result["trackers"][tracker] = {
+        name = tracker if len(args.max_occluded) == 1 else f"{tracker}/occluded{max_occluded}"
+        result["trackers"][name] = {
             "mot": mot_scores(truth[args.skip:], hyps[args.skip:], args.min_area),
             "counts": {d: sum(c["direction"] == d for c in counted) for d in ("in", "out")},
             "counts_all_frames": totals["road"],
@@ -304,6 +307,10 @@ def main(argv=None) -> int:
     p.add_argument("--line", type=float, default=0.8, help="row of the counting line, fraction of the height")
     p.add_argument("--min-area", type=float, default=300.0, help="smallest true box scored by motmetrics, px")
     p.add_argument("--blob-min-area", type=int, default=100)
+    p.add_argument("--max-occluded", type=int, nargs="+", default=[25],
+                   help="blobs.max_occluded: frames a track is carried inside another's blob (0 = off); "
+                        "several values are each run on the same masks")
+    p.add_argument("--min-age", type=int, default=3, help="blobs.min_age")
     p.add_argument("--skip", type=int, default=50,
                    help="frames left out of every score at the start (MSFgNet's window fills, tracks start)")
     p.add_argument("--json", default=None)

@@ -218,19 +218,29 @@ class StreamAnalytics:
         self.pending: list[dict] = []  # crossings whose vehicle had no speed yet
         self.frames = 0
 
-    def update(self, tracks: list[int], boxes: np.ndarray, t: float) -> dict:
+    def update(self, tracks: list[int], boxes: np.ndarray, t: float, occluded=None) -> dict:
         """This frame's crossings, zone members and speeds (by track).
 
         A vehicle is counted the frame it crosses. Its speed is often not known yet then (a
         vehicle that just entered the picture has too short a path): the crossing is counted
         with ``speed_kmh`` None and its speed follows in ``late_speeds`` (line, direction, t of
         the crossing, speed) as soon as it is measured, or never after ``2 * speed_window_s``.
+        ``occluded`` flags tracks the blob stage carries on a predicted box inside another's
+        blob: they cross lines and sit in zones, but their predicted path measures no speed
+        (they keep the last one measured).
         """
         self.frames += 1
         anchors = anchors_of(boxes)
-        speeds = (self.speed.update(tracks, anchors, np.asarray(boxes, np.float64).reshape(-1, 4), t)
-                  if self.speed is not None else [None] * len(tracks))
-        by_track = dict(zip(tracks, speeds))
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if self.speed is None:
+            by_track = dict.fromkeys(tracks)
+        elif occluded is not None and any(occluded):
+            seen = [k for k, hidden in enumerate(occluded) if not hidden]
+            by_track = dict(zip([tracks[k] for k in seen],
+                                self.speed.update([tracks[k] for k in seen], anchors[seen], boxes[seen], t)))
+            by_track.update({tr: self.speed.last.get(tr) for tr, hidden in zip(tracks, occluded) if hidden})
+        else:
+            by_track = dict(zip(tracks, self.speed.update(tracks, anchors, boxes, t)))
         crossings = []
         for line in self.lines:
             for track, direction in line.update(tracks, anchors):

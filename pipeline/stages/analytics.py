@@ -77,7 +77,8 @@ class AnalyticsStage(Stage):
             state = self._state(frame)
             boxes = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
             tracks = [int(o["track"]) for o in objects]
-            result = state.update(tracks, boxes, frame_time(frame))
+            occluded = [bool(o.get("occluded")) for o in objects]
+            result = state.update(tracks, boxes, frame_time(frame), occluded)
             for obj, track in zip(objects, tracks):
                 speed = result["speeds"].get(track)
                 if speed is not None:

@@ -19,6 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from pipeline.analytics.geometry import parse_zones
 from pipeline.errors import ConfigError, StageError
 from pipeline.frame import Frame
 from pipeline.stages.base import Stage
@@ -29,41 +30,86 @@ def _whole_frame() -> dict[str, list[float]]:
 
 
 class BoxTracker:
-    """Greedy IoU / centroid matcher that gives boxes stable ids across frames of one stream."""
+    """Greedy IoU / centroid matcher that gives boxes stable ids across frames of one stream.
 
-    def __init__(self, match_iou: float, match_distance: float, max_missed: int):
+    Vehicles that the mask joins into one blob are not lost: when a track that has been seen for
+    ``min_age`` frames finds no box, and its position predicted by its recent motion lies inside
+    the box of a blob that another track took, it is *occluded*: it is carried on its predicted
+    box for up to ``max_occluded`` frames (or until that prediction leaves every blob), and is
+    reported with the visible objects, flagged, so a line it crosses meanwhile counts it. When the
+    blobs part again, the prediction is what picks its box back up.
+    """
+
+    def __init__(self, match_iou: float, match_distance: float, max_missed: int,
+                 max_occluded: int = 0, min_age: int = 3):
         self.match_iou = match_iou
         self.match_distance = match_distance
         self.max_missed = max_missed
+        self.max_occluded = max_occluded
+        self.min_age = min_age
         self._boxes = np.zeros((0, 4), np.float64)   # x, y, w, h of live tracks
         self._ids: list[int] = []
         self._missed: list[int] = []
+        self._velocity = np.zeros((0, 2), np.float64)  # smoothed centre motion per frame
+        self._age: list[int] = []                      # frames matched
+        self._occluded: list[int] = []                 # frames carried inside another's blob
         self._next_id = 1
+        self.occluded: list[tuple[int, list[float]]] = []  # (id, predicted box) after the last update
 
     def update(self, boxes: np.ndarray) -> list[int]:
-        """Ids for ``boxes`` (Nx4 x,y,w,h), continuing tracks where they match."""
+        """Ids for ``boxes`` (Nx4 x,y,w,h), continuing tracks where they match; the occluded
+        tracks of this frame are left in ``self.occluded``."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         ids = [0] * len(boxes)
-        matched_tracks: set[int] = set()
+        matched: dict[int, int] = {}
         for t, b in self._greedy_pairs(boxes):
             ids[b] = self._ids[t]
-            matched_tracks.add(t)
-        boxes_out, ids_out, missed_out = [], [], []
-        for t in range(len(self._ids)):  # keep unmatched tracks a few frames (occlusion, mask dropout)
-            if t not in matched_tracks and self._missed[t] < self.max_missed:
-                boxes_out.append(self._boxes[t]); ids_out.append(self._ids[t]); missed_out.append(self._missed[t] + 1)
+            matched[t] = b
+        taken = np.array([boxes[b] for b in matched.values()], np.float64).reshape(-1, 4)
+        out = {"box": [], "id": [], "missed": [], "vel": [], "age": [], "occ": []}
+
+        def keep(box, track_id, missed, vel, age, occ):
+            for key, v in zip(out, (box, track_id, missed, vel, age, occ)):
+                out[key].append(v)
+
+        self.occluded = []
+        for t in range(len(self._ids)):
+            box, vel = self._boxes[t], self._velocity[t]
+            if t in matched:
+                new = boxes[matched[t]]
+                step = (new[:2] + new[2:] / 2) - (box[:2] + box[2:] / 2)
+                if self._occluded[t] == 0 and np.all(np.abs(new[2:] - box[2:]) <= 0.3 * box[2:]):
+                    # a box that merged, split or was regained jumps: no motion update then
+                    vel = 0.5 * vel + 0.5 * step if self._age[t] > 1 else step
+                keep(new, self._ids[t], 0, vel, self._age[t] + 1, 0)
+                continue
+            predicted = box.copy()
+            predicted[:2] += vel
+            if (self.max_occluded and self._age[t] >= self.min_age and self._occluded[t] < self.max_occluded
+                    and _inside_any(predicted, taken)):
+                keep(predicted, self._ids[t], self._missed[t], vel, self._age[t], self._occluded[t] + 1)
+                self.occluded.append((self._ids[t], [float(v) for v in predicted]))
+            elif self._occluded[t] == 0 and self._missed[t] < self.max_missed:
+                # keep unmatched tracks a few frames (mask dropout); an occluded one whose
+                # prediction left every blob ends here, so it cannot take a stranger's box later
+                keep(box, self._ids[t], self._missed[t] + 1, vel, self._age[t], 0)
         for b, box in enumerate(boxes):
             if not ids[b]:
                 ids[b] = self._next_id
                 self._next_id += 1
-            boxes_out.append(box); ids_out.append(ids[b]); missed_out.append(0)
-        self._boxes = np.array(boxes_out, np.float64).reshape(-1, 4)
-        self._ids, self._missed = ids_out, missed_out
+                keep(box, ids[b], 0, np.zeros(2), 1, 0)
+        self._boxes = np.array(out["box"], np.float64).reshape(-1, 4)
+        self._velocity = np.array(out["vel"], np.float64).reshape(-1, 2)
+        self._ids, self._missed, self._age, self._occluded = out["id"], out["missed"], out["age"], out["occ"]
         return ids
 
     def _greedy_pairs(self, boxes: np.ndarray) -> list[tuple[int, int]]:
         if not len(boxes) or not len(self._ids):
             return []
         score = self._match_scores(self._boxes, np.asarray(boxes, np.float64))
+        hidden = np.asarray(self._occluded) > 0
+        if hidden.any():  # an occluded track comes back only on a box overlapping its prediction
+            score[hidden] = np.where(score[hidden] >= self.match_iou, score[hidden], 0.0)
         pairs, used_t, used_b = [], set(), set()
         for flat in np.argsort(-score, axis=None):
             t, b = divmod(int(flat), score.shape[1])
@@ -87,6 +133,15 @@ class BoxTracker:
         return np.where(iou >= self.match_iou, iou, near)
 
 
+def _inside_any(box: np.ndarray, others: np.ndarray) -> bool:
+    """Whether ``box``'s centre lies inside any of ``others`` (Nx4 x, y, w, h)."""
+    if not len(others):
+        return False
+    cx, cy = box[:2] + box[2:] / 2
+    lo, hi = others[:, :2], others[:, :2] + others[:, 2:]
+    return bool(np.any((cx >= lo[:, 0]) & (cx <= hi[:, 0]) & (cy >= lo[:, 1]) & (cy <= hi[:, 1])))
+
+
 class BlobStage(Stage):
     """Connected components of ``mask`` -> ``objects`` with track ids, and ``counts`` per zone."""
 
@@ -108,6 +163,11 @@ class BlobStage(Stage):
         max_area: int | None = None   # largest component kept, pixels (None = no limit)
         aspect: list = field(default_factory=lambda: [0.0, float("inf")])  # kept width/height range
         min_fill: float = 0.0         # smallest share of its box a component must cover
+        max_occluded: int = 25        # frames a track is carried inside another's blob (0 = off)
+        min_age: int = 3              # frames a track must have been seen before it can be occluded
+        # name -> polygon [[x, y], ...] (pixels, or fractions when all <= 1) whose pixels are never
+        # foreground: on-screen captions, timestamps
+        ignore: dict = field(default_factory=dict)
 
         def __post_init__(self):
             if self.merge_gap < 0:
@@ -120,6 +180,11 @@ class BlobStage(Stage):
                 raise ConfigError("stages.blobs.min_fill", f"must be in [0, 1], got {self.min_fill}")
 
             _parse_zones(self.zones)
+            parse_zones(self.ignore, "stages.blobs.ignore")
+            if self.max_occluded < 0:
+                raise ConfigError("stages.blobs.max_occluded", f"must be >= 0, got {self.max_occluded}")
+            if self.min_age < 1:
+                raise ConfigError("stages.blobs.min_age", f"must be >= 1, got {self.min_age}")
             if self.connectivity not in (4, 8):
                 raise ConfigError("stages.blobs.connectivity", f"must be 4 or 8, got {self.connectivity}")
             if self.min_area < 1:
@@ -131,6 +196,8 @@ class BlobStage(Stage):
         self.config = config or self.Config()
         self._zones = _parse_zones(self.config.zones)
         self._trackers: dict[str, BoxTracker] = {}
+        self._ignore = parse_zones(self.config.ignore, "stages.blobs.ignore")
+        self._ignore_masks: dict[tuple[int, int], np.ndarray] = {}
         gap = self.config.merge_gap
         self._closing = cv2.getStructuringElement(cv2.MORPH_RECT, (gap + 1, gap + 1)) if gap else None
 
@@ -141,10 +208,14 @@ class BlobStage(Stage):
                 raise StageError(f"stream {frame.stream} frame {frame.index}",
                                  "blobs needs a 'mask' from an earlier stage")
             boxes, areas = self._components(mask)
-            ids = self._tracker(frame.stream).update(boxes)
+            tracker = self._tracker(frame.stream)
+            ids = tracker.update(boxes)
             frame.data["objects"] = [
                 {"box": [int(v) for v in box], "area": int(area), "track": int(i)}
                 for box, area, i in zip(boxes, areas, ids)
+            ] + [  # vehicles hidden in another's blob, on their predicted boxes
+                {"box": [int(round(v)) for v in box], "area": 0, "track": int(i), "occluded": True}
+                for i, box in tracker.occluded
             ]
             frame.data["counts"] = self._count(boxes, mask.shape)
         return frames
@@ -153,6 +224,8 @@ class BlobStage(Stage):
         c = self.config
         if mask.dtype == np.uint8 and mask.size and mask.max() not in (0, 255):
             mask = np.where(mask == 255, np.uint8(255), np.uint8(0))  # grey levels (shadows) are background
+        if self._ignore:
+            mask = np.where(self._ignore_mask(mask.shape[:2]), np.zeros((), mask.dtype), mask)
         if self._closing is not None:
             mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._closing)
         _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=c.connectivity)
@@ -169,11 +242,23 @@ class BlobStage(Stage):
             keep &= area >= c.min_fill * w * h
         return stats[keep, :4], area[keep]
 
+    def _ignore_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """True inside the ``ignore`` polygons, drawn once per frame size."""
+        mask = self._ignore_masks.get(shape)
+        if mask is None:
+            h, w = shape
+            canvas = np.zeros((h, w), np.uint8)
+            for polygon in self._ignore:
+                cv2.fillPoly(canvas, [np.round(polygon.in_pixels(w, h)).astype(np.int32)], 1)
+            mask = self._ignore_masks[shape] = canvas.astype(bool)
+        return mask
+
     def _tracker(self, stream: str) -> BoxTracker:
         tracker = self._trackers.get(stream)
         if tracker is None:
             c = self.config
-            tracker = self._trackers[stream] = BoxTracker(c.match_iou, c.match_distance, c.max_missed)
+            tracker = self._trackers[stream] = BoxTracker(c.match_iou, c.match_distance, c.max_missed,
+                                                          c.max_occluded, c.min_age)
         return tracker
 
     def _count(self, boxes: np.ndarray, shape: tuple[int, ...]) -> dict[str, int]:
