@@ -66,8 +66,9 @@ def clip(tmp_path_factory) -> Path:
 class ListSource:
     """In-memory source: ``n`` frames, optionally paced, optionally failing after ``fail_after``."""
 
-    def __init__(self, name, n, live=False, interval=0.0, fail_after=None):
+    def __init__(self, name, n, live=False, interval=0.0, fail_after=None, start=None):
         self.name, self.n, self.is_live, self.interval, self.fail_after = name, n, live, interval, fail_after
+        self.start = start  # a threading.Barrier the readers pass together before their first frame
         self.uri_masked = f"list:{name}"
         self.closed = False
 
@@ -81,6 +82,8 @@ class ListSource:
         self.closed = True
 
     def __iter__(self):
+        if self.start is not None:
+            self.start.wait(timeout=30)
         for i in range(self.n):
             if self.fail_after is not None and i == self.fail_after:
                 raise SourceError(self.uri_masked, f"corrupt packet after frame {i}")
@@ -157,7 +160,10 @@ def test_file_is_lossless_frames_in_equal_frames_out(tmp_path, clip):
 
 def test_several_streams_share_one_graph_and_batches_mix_streams(tmp_path):
     stage = MaskStage(delay=0.01)
-    sources = [ListSource(n, 30) for n in ("a", "b", "c")]
+    # the readers start together: on a loaded machine one reader thread could otherwise push all
+    # its frames before the next one was scheduled, and no batch could mix streams
+    together = threading.Barrier(3)
+    sources = [ListSource(n, 30, start=together) for n in ("a", "b", "c")]
     report = graph(tmp_path, [StageNode(stage, "testmask", batch=8, batch_timeout_ms=20)],
                    outputs=OutputsConfig(dehazed_video=False, preview=False)).run(sources)
     assert report.error is None
