@@ -11,7 +11,11 @@ into it before the background model compares them:
   started from the previous frame's estimate so a slow drift stays small), and
   a similarity (shift, rotation, uniform scale) is fitted to the tracks with
   RANSAC (``cv2.estimateAffinePartial2D``), so corners on moving vehicles are
-  outliers. It runs on a grey copy at most 320 pixels wide.
+  outliers. It runs on a grey copy at most 320 pixels wide. A fit that moves
+  away from the last estimate is taken only if it explains more tracks and
+  brings the reference nearer the frame (fewer differing pixels) than the last
+  estimate does: in a scene with little texture the largest consistent group
+  of corners can be vehicles coming towards a still camera (issue 12).
 * **Pose**: each frame gets ``pose``, the 3x3 map from the coordinates of its
   *epoch* (the first reference of an unbroken run of registrations) to its own
   pixels. Two frames of one epoch are related by ``pose_t @ inv(pose_i)``; the
@@ -60,6 +64,8 @@ MODES = ("auto", "off")
 EST_WIDTH = 320          # registration runs on a grey copy at most this wide
 DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner further is not applied
 MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is seen
+MISFIT_GREY = 12         # grey levels: a registered pixel differing more from the reference misfits
+SNAP = 0.25              # registered pixels: a fit moving no frame corner further from the last estimate keeps it
 LK_WINDOW, LK_LEVELS = (11, 11), 2   # 2 levels follow ~20 px per frame from the last estimate
 
 
@@ -213,7 +219,7 @@ class Stabilizer:
         g = self._guess
         start = (pts.reshape(-1, 2) @ g[:2, :2].T + g[:2, 2]).astype(np.float32).reshape(-1, 1, 2)
         moved, found, _ = cv2.calcOpticalFlowPyrLK(
-            self._anchor, small, pts, start, winSize=LK_WINDOW, maxLevel=LK_LEVELS,
+            self._anchor, small, pts, start.copy(), winSize=LK_WINDOW, maxLevel=LK_LEVELS,
             criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 10, 0.03),
             flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
         found = found.reshape(-1).astype(bool)
@@ -231,8 +237,37 @@ class Stabilizer:
         if n < self.s.min_inliers or confidence < self.s.min_confidence or \
                 abs(zoom - 1) > self.s.max_zoom or angle > self.s.max_rotation:
             return None, confidence
-        self._guess = _as3(m)
+        m = _as3(m)
+        near = np.linalg.norm(moved[found].reshape(-1, 2) - start[found].reshape(-1, 2), axis=1)
+        stayed = int((near <= self.s.ransac_px / 2).sum())   # tracks the last estimate still explains
+        if displacement(m @ np.linalg.inv(g), small.shape[::-1]) <= SNAP:
+            m = g   # within the noise of the last estimate: keep it, so renewals do not chain noise
+        elif n <= stayed or _misfit(self._anchor, small, m) >= _misfit(self._anchor, small, g):
+            # the fit moved away from the last estimate but explains no more tracks or does not bring
+            # more of the reference onto the frame: its inliers are a group of moving objects
+            # (vehicles coming towards a still camera in a scene with little texture), not the
+            # scene; keep the last estimate if enough tracks still agree with it
+            n = stayed
+            confidence = n / len(pts)
+            if n < self.s.min_inliers or confidence < self.s.min_confidence:
+                return None, confidence
+            m = g
+        self._guess = m
         return self._guess @ self._anchor_pose, confidence
+
+
+def _misfit(reference: np.ndarray, small: np.ndarray, m: np.ndarray) -> float:
+    """Fraction of the pixels that ``m`` (3x3) brings from ``reference`` which differ from ``small`` by
+    more than ``MISFIT_GREY`` grey levels (a count, so a few large differences on vehicles weigh no
+    more than the many small ones of a misplaced background)."""
+    h, w = small.shape
+    warped = cv2.warpAffine(reference, m[:2], (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    seen = cv2.warpAffine(np.ones_like(reference), m[:2], (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    if not seen.any():
+        return math.inf
+    return float((cv2.absdiff(warped, small)[seen] > MISFIT_GREY).mean())
 
 
 def relation(pose_to: np.ndarray, pose_from: np.ndarray) -> np.ndarray:
