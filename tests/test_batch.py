@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -25,6 +24,7 @@ from pipeline.batch.manifest import Manifest, read_history
 from pipeline.batch.worker import TMP_DIR, BatchWorker, check_output_set
 from pipeline.config import CONFIG_DIR, load_config
 from pipeline.errors import ConfigError, SourceError, SourceNotFoundError
+from tests.media import write_clip
 
 GOOD, CORRUPT = 17, 3
 LONG_FRAMES = 300  # the clip a worker is killed on: long enough to be mid-file when the kill lands
@@ -32,20 +32,13 @@ LONG_FRAMES = 300  # the clip a worker is killed on: long enough to be mid-file 
 
 def encode(path: Path, frames: int, w: int = 64, h: int = 48) -> Path:
     """A square moving over grey, mpeg4 in mp4."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            img = np.full((h, w, 3), 90, np.uint8)
-            x = (i * 3) % (w - 12)
-            img[h // 4: h // 4 + 10, x:x + 10] = 230
-            f = av.VideoFrame.from_ndarray(img, format="bgr24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    def square(i: int) -> np.ndarray:
+        img = np.full((h, w, 3), 90, np.uint8)
+        x = (i * 3) % (w - 12)
+        img[h // 4: h // 4 + 10, x:x + 10] = 230
+        return img
+
+    return write_clip(path, (square(i) for i in range(frames)))
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import os
 import re
 from pathlib import Path
 
-import av
 import pytest
 
 from pipeline import cli
+from tests.media import write_clip
 from tests.test_graph import count_frames, moving_square
 
 CHEAP_STAGES = "stages: [{mog2: {}}, {blobs: {}}]\n"
@@ -38,18 +38,8 @@ def assert_one_line(err: str, uri: Path, cause: str) -> None:
 
 def encode_mp4(path: Path, frames: int, movflags: str | None = None) -> Path:
     """An H.264/MPEG-4 clip in MP4, with the index at the end (FFmpeg's default) or up front (+faststart)."""
-    options = {"movflags": movflags} if movflags else {}
-    with av.open(str(path), "w", format="mp4", options=options) as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(moving_square(i), format="bgr24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    options = {"movflags": movflags} if movflags else None
+    return write_clip(path, (moving_square(i) for i in range(frames)), fmt="mp4", options=options)
 
 
 def cut(path: Path, fraction: float, name: str) -> Path:

@@ -21,6 +21,7 @@ from pipeline.frame import Frame
 from pipeline.graph import Graph, StageNode, build_stages, check_ports
 from pipeline.sources import open_source
 from pipeline.stages.base import Stage
+from tests.media import write_clip
 
 W, H = 96, 64
 
@@ -35,17 +36,7 @@ def moving_square(i: int, w: int = W, h: int = H) -> np.ndarray:
 
 def encode_clip(path: Path, frames: int, fps: int = 25, codec: str = "mpeg4", fmt: str | None = None) -> Path:
     """A deterministic clip: a square moving over a grey background."""
-    with av.open(str(path), "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(moving_square(i), format="bgr24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_clip(path, (moving_square(i) for i in range(frames)), fps=fps, codec=codec, fmt=fmt)
 
 
 def count_frames(path: Path) -> int:
