@@ -144,15 +144,21 @@ def check_resume(out: Path, argv: list, capsys) -> None:
 
 
 # ------------------------------------------------------------------ local pool
-def test_local_pool_20_clips_3_corrupt_worker_killed_then_resume(tmp_path, clips, cheap_config, capsys):
-    out = tmp_path / "out"
+def batch_killing_a_worker(out: Path, clips: Path, cheap_config: Path, capsys, *extra: str):
+    """Run ``hazeflow batch`` over the 20 clips with 2 workers, killing the worker of clip ``long``
+    mid-file; returns (argv, exit status, captured output, killed pids)."""
     argv = ["batch", str(clips), "--output", str(out), "--config", str(cheap_config), "--workers", "2",
-            "--no-progress"]
+            *extra, "--no-progress"]
     killed: list = []
     watcher = kill_when_running(out, "long", killed)
     status = cli.main(argv)
     watcher.join(1)
-    captured = capsys.readouterr()
+    return argv, status, capsys.readouterr(), killed
+
+
+def test_local_pool_20_clips_3_corrupt_worker_killed_then_resume(tmp_path, clips, cheap_config, capsys):
+    out = tmp_path / "out"
+    argv, status, captured, killed = batch_killing_a_worker(out, clips, cheap_config, capsys)
     assert status == 2
     assert captured.err.strip().splitlines() == [
         f"hazeflow: error: {out / 'batch.jsonl'}: 3 of 20 inputs failed (causes in the table above and in the manifest)"]
@@ -213,13 +219,7 @@ def ray_local():
 
 def test_ray_20_clips_3_corrupt_worker_killed_then_resume(tmp_path, clips, cheap_config, ray_local, capsys):
     out = tmp_path / "out"
-    argv = ["batch", str(clips), "--output", str(out), "--config", str(cheap_config), "--workers", "2",
-            "--ray", "auto", "--no-progress"]
-    killed: list = []
-    watcher = kill_when_running(out, "long", killed)
-    status = cli.main(argv)
-    watcher.join(1)
-    captured = capsys.readouterr()
+    argv, status, captured, killed = batch_killing_a_worker(out, clips, cheap_config, capsys, "--ray", "auto")
     assert status == 2
     assert "17 done, 3 failed of 20 inputs" in captured.out and "2 ray workers" in captured.out
     check_batch(out, clips, killed)
