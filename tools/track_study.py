@@ -139,6 +139,27 @@ def detect(gen: SceneGenerator, frames: int, detector: str, stream: str):
     return masks, truth, haze
 
 
+def cached_detect(gen: SceneGenerator, args, stream: str):
+    """``detect``, kept in ``args.cache`` (one npz per seed and scene settings) so that several
+    blob variants, or a later run, score the same masks without running the detector again."""
+    if args.cache is None:
+        return detect(gen, args.frames, args.detector, stream)
+    key = (f"{args.detector}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
+           f"_haze{args.haze}_{args.nuisances}.npz")
+    path = Path(args.cache) / key
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        truth = json.loads(str(data["truth"]))
+        for objs in truth:
+            for o in objs:
+                o["box"], o["base"] = tuple(o["box"]), tuple(o["base"])
+        return list(data["masks"]), truth, list(data["dehazed"])
+    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, masks=np.stack(masks), truth=json.dumps(truth), dehazed=np.asarray(dehazed))
+    return masks, truth, dehazed
+
+
 def track(masks, tracker: str, analytics_config: dict, stream: str, blob_values: dict):
     from pipeline.stages.analytics import AnalyticsStage
     from pipeline.stages.blobs import BlobStage
@@ -267,7 +288,7 @@ def run_seed(seed: int, args) -> dict:
     stream = f"seed{seed}"
     lanes = gen.lane_speeds(FPS)
     t0 = time.perf_counter()
-    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream)
+    masks, truth, dehazed = cached_detect(gen, args, stream)
     detect_s = time.perf_counter() - t0
     speed_of = {o["id"]: lanes[o["lane"]][1] for objs in truth for o in objs}  # a vehicle keeps its lane's speed
     line_y = args.line * args.height
@@ -313,6 +334,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-age", type=int, default=3, help="blobs.min_age")
     p.add_argument("--skip", type=int, default=50,
                    help="frames left out of every score at the start (MSFgNet's window fills, tracks start)")
+    p.add_argument("--cache", default=None,
+                   help="folder where the detector's masks and the truth are kept per seed (made if missing)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     args.width, args.height = (int(v) for v in args.size.split("x"))
