@@ -106,26 +106,6 @@ def cut_grown(blob: np.ndarray, origin: tuple[int, int], predicted: np.ndarray) 
     return [p for p in [inside] + [labels == k for k in range(1, count)] if p.any()]
 
 
-def cut_between(blob: np.ndarray, origin: tuple[int, int], predicted: np.ndarray) -> list[np.ndarray]:
-    """``blob`` shared out among several predicted boxes (Kx4): each pixel goes to the box it is
-    nearest to, in units of that box's width and height (inside a box counts as 0; where boxes
-    overlap, the nearer centre wins). One piece per box, in the order of ``predicted``."""
-    ys, xs = np.nonzero(blob)
-    xs = xs[:, None] + origin[0] + 0.5
-    ys = ys[:, None] + origin[1] + 0.5
-    x0, y0, w, h = (predicted[:, k][None, :] for k in range(4))
-    dx = np.maximum(np.maximum(x0 - xs, xs - (x0 + w)), 0) / w
-    dy = np.maximum(np.maximum(y0 - ys, ys - (y0 + h)), 0) / h
-    centre = np.hypot((xs - x0 - w / 2) / w, (ys - y0 - h / 2) / h)
-    owner = np.argmin(np.hypot(dx, dy) + 1e-3 * centre, axis=1)
-    pieces = []
-    for k in range(len(predicted)):
-        piece = np.zeros_like(blob)
-        piece[ys[owner == k, 0].astype(int) - origin[1], xs[owner == k, 0].astype(int) - origin[0]] = True
-        pieces.append(piece)
-    return pieces
-
-
 def cut_side_by_side(blob: np.ndarray, count: int) -> list[np.ndarray]:
     """``blob`` cut into ``count`` pieces by columns, each cut at the column with the fewest blob
     pixels within a quarter of a piece's width of where equal pieces would be cut."""
