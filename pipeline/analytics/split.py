@@ -37,8 +37,8 @@ MAX_SIDE_BY_SIDE = 4
 class RowWidths:
     """Width of one vehicle's blob against its bottom row, learned from steady tracks.
 
-    Samples (bottom row, width) go into a ring buffer; the fit is a weighted least-squares line
-    through the median width of each of ``bands`` row bands (medians, so the few merged blobs
+    Samples (bottom row, width) go into a ring buffer; the fit is a least-squares line, weighted by
+    the samples per band, through the median width of each of ``bands`` row bands (medians, so the few merged blobs
     that look steady do not pull it), refitted when enough new samples came in. No estimate until
     ``min_samples`` samples spread over ``min_bands`` bands.
     """
@@ -84,8 +84,15 @@ class RowWidths:
             return None
         rows = _band_medians(data[:, 0], band, counts, used)
         medians = _band_medians(data[:, 1], band, counts, used)
-        slope, intercept = np.polyfit(rows, medians, 1, w=np.sqrt(counts[used]))
-        return (float(slope), float(intercept)) if slope > 0 else None
+        # weighted least-squares line (weights: samples per band), in closed form: np.polyfit's
+        # LAPACK call cost milliseconds on a busy machine
+        weight = counts[used].astype(np.float64)
+        mean_row, mean_width = (weight @ rows) / weight.sum(), (weight @ medians) / weight.sum()
+        spread = weight @ (rows - mean_row) ** 2
+        if spread <= 0:
+            return None
+        slope = float(weight @ ((rows - mean_row) * (medians - mean_width)) / spread)
+        return (slope, float(mean_width - slope * mean_row)) if slope > 0 else None
 
 
 def _band_medians(values: np.ndarray, band: np.ndarray, counts: np.ndarray, used: np.ndarray) -> np.ndarray:
