@@ -314,3 +314,22 @@ def test_a_flooding_camera_does_not_take_its_neighbours_frames(tmp_path):
     # dropping the oldest frame of any stream cost them 11-24 of their 80 frames in four trials
     calm_dropped = sum(report.streams[n]["frames"]["dropped"] for n in "ab")
     assert calm_dropped <= 2 and all(report.streams[n]["frames"]["in"] == 40 for n in "ab"), report.streams
+
+
+def test_two_inputs_with_one_name_keep_their_own_stall_timeout_and_live(tmp_path):
+    from pipeline.commands.run import graph_for, open_sources
+
+    uri = "synthetic:traffic?size=96x64&frames=5&seed={}"
+    config = config_from_dict({
+        "inputs": [{"uri": uri.format(1), "name": "cam", "stall_timeout_s": 2, "live": True},
+                   {"uri": uri.format(2), "name": "cam", "stall_timeout_s": 7, "live": False},
+                   {"uri": uri.format(3), "name": "cam"}],
+        "output": str(tmp_path / "out"), "stages": [{"mog2": {}}, {"blobs": {}}],
+        "outputs": {"preview": False, "masks": False, "dehazed_video": False}})
+    sources = open_sources(config)
+    g = graph_for(config, [StageNode(MaskStage(), "testmask")], sources)
+    report = g.run(sources)
+    # the graph renames the duplicates; each keeps its own input's settings, not the last "cam"'s
+    assert {n: s.stall_timeout_s for n, s in g.streams.items()} == {"cam": 2.0, "cam-2": 7.0, "cam-3": 10.0}
+    assert {n: s["live"] for n, s in report.streams.items()} == {"cam": True, "cam-2": False, "cam-3": False}
+    assert all(s["frames"]["in"] == 5 for s in report.streams.values())  # the live one may drop

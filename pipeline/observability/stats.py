@@ -122,6 +122,7 @@ class RunReport:
     outputs: dict  # stream -> list of paths
     summary_paths: list
     error: PipelineError | None = None
+    failed_inputs: list = field(default_factory=list)  # inputs that could not be opened (the run went on)
 
     @property
     def frames_processed(self) -> int:
@@ -144,6 +145,7 @@ class Observer:
         self.sinks = StageStats("sinks")  # encoding and writing, timed like a stage
         self.errors: list[dict] = []
         self.graph_errors: list[dict] = []  # errors not tied to one stream (stage, sink)
+        self.failed_inputs: list[dict] = []  # inputs that could not be opened; the others ran
         self.first_error: PipelineError | None = None
         self.interrupted = False
         self.queues: list = []
@@ -231,6 +233,17 @@ class Observer:
                 self.graph_errors.append(entry)
         # debug only: the CLI prints the first error as its one line, summary.json keeps them all
         log.debug("%s: %s", error.input, error.cause, extra={"stream": stream, "event": "error"})
+
+    def input_failed(self, error: PipelineError) -> None:
+        """An input that could not be opened (before the run): listed in summary.json, not a stream of its own.
+
+        Not ``first_error``: that one stops the graph, and the inputs that did open must run."""
+        entry = {"where": error.input, "error": error.cause, "type": type(error).__name__}
+        with self.lock:
+            self.errors.append(entry)
+            self.failed_inputs.append(entry)
+        log.warning("%s: cannot be opened, the other inputs go on: %s", error.input, error.cause,
+                    extra={"event": "input_failed"})
 
     def source_done(self, stream: str, failed: bool) -> None:
         with self.lock:
@@ -378,6 +391,7 @@ class Observer:
         total = sum(s.processed for s in self.streams.values())
         write_json_atomic(self.output / "summary.json", {
             "streams": streams, "stages": stages, "errors": list(self.errors), "interrupted": self.interrupted,
+            "failed_inputs": list(self.failed_inputs),
             "running": not final, "wall_s": round(wall, 3), "fps": round(total / wall, 2) if wall > 0 else None,
             "frames": {"in": sum(s.frames_in for s in self.streams.values()), "processed": total,
                        "dropped": sum(st["frames"]["dropped"] for st in streams.values())},
@@ -388,7 +402,8 @@ class Observer:
             return None
         self.finished = True
         return RunReport(streams=streams, stages=stages, errors=list(self.errors), interrupted=self.interrupted,
-                         wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self.first_error)
+                         wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self.first_error,
+                         failed_inputs=list(self.failed_inputs))
 
     def _stream_summary(self, s: StreamStats, stages: dict, out, wall: float, pending: dict) -> dict:
         span = (s.t_last_out - s.t_first_in) if (s.t_last_out and s.t_first_in) else 0.0
