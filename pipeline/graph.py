@@ -406,7 +406,8 @@ class Graph:
     def _call(self, node: StageNode, frames: list) -> Sequence[Frame]:
         t = time.perf_counter()
         result = node.stage.process(frames)
-        self.observer.stage_call(node.name, time.perf_counter() - t, len(frames))
+        self.observer.stage_call(node.name, time.perf_counter() - t, len(frames), [f.stream for f in frames],
+                                 getattr(node.stage, "engine_info", None))
         return frames if result is None else result
 
     def _sink_worker(self, q_in: FrameQueue, outputs: dict) -> None:

@@ -333,3 +333,45 @@ def test_two_inputs_with_one_name_keep_their_own_stall_timeout_and_live(tmp_path
     assert {n: s.stall_timeout_s for n, s in g.streams.items()} == {"cam": 2.0, "cam-2": 7.0, "cam-3": 10.0}
     assert {n: s["live"] for n, s in report.streams.items()} == {"cam": True, "cam-2": False, "cam-3": False}
     assert all(s["frames"]["in"] == 5 for s in report.streams.values())  # the live one may drop
+
+
+class FallbackStage(MaskStage):
+    """MaskStage whose engine falls back to another backend after frame ``switch_at`` of any stream, as a
+    learned stage's engine_info would say."""
+
+    def __init__(self, switch_at):
+        super().__init__()
+        self.switch_at = switch_at
+        self.engine_info = {"backend": "tensorrt", "precision": "fp16", "device": "cuda", "chosen_by": "configured"}
+
+    def process(self, frames):
+        if any(f.index >= self.switch_at for f in frames):
+            self.engine_info = {"backend": "onnxruntime", "precision": "fp32", "device": "cpu",
+                                "chosen_by": "auto (portable fallback: test)"}
+        return super().process(frames)
+
+
+def test_an_engine_change_is_one_info_line_per_stream(tmp_path, log_lines):
+    sources = [ListSource(n, 20) for n in ("a", "b")]
+    report = graph(tmp_path, [StageNode(FallbackStage(switch_at=8), "testmask", batch=4)], outputs=NO_VIDEO).run(sources)
+    engine = [e for e in log_lines() if e["event"] == "engine"]
+    assert [e["level"] for e in engine] == ["INFO"] * 4
+    for name in "ab":
+        mine = [e["message"] for e in engine if e["stream"] == name]
+        assert mine == [f"{name}: testmask runs on tensorrt fp16 cuda (configured)",
+                        f"{name}: testmask engine changed from tensorrt fp16 cuda to onnxruntime fp32 cpu "
+                        "(auto (portable fallback: test))"], engine
+        assert report.streams[name]["engines"] == {"testmask": "onnxruntime fp32 cpu"}
+
+
+def test_a_real_learned_stage_logs_its_engine_once_per_stream(tmp_path, log_lines):
+    from pipeline.stages.msfgnet import MsfgnetStage
+
+    stage = MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1))
+    sources = [ListSource(n, 6) for n in ("a", "b")]
+    report = graph(tmp_path, [StageNode(stage, "msfgnet", batch=2)], outputs=NO_VIDEO).run(sources)
+    assert report.error is None
+    engine = [e for e in log_lines() if e["event"] == "engine"]
+    assert sorted(e["stream"] for e in engine) == ["a", "b"]  # once each, not once per call
+    assert all(e["message"].endswith("msfgnet runs on onnxruntime fp32 cpu (configured)") for e in engine), engine
+    assert report.streams["a"]["engines"] == {"msfgnet": "onnxruntime fp32 cpu"}

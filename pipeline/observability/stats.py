@@ -153,6 +153,9 @@ class Observer:
         self.sources: dict[str, object] = {}
         self.t0: float | None = None
         self.finished = False
+        # (stream, stage) -> (backend, precision, device) its frames last ran on; written by each stage's
+        # own worker only (one key per stage), read by the summaries
+        self.engines: dict[tuple[str, str], tuple] = {}
 
     # ------------------------------------------------------------ set-up
     def add_stream(self, name: str, input: str, live: bool, fps: float, source=None,
@@ -194,8 +197,31 @@ class Observer:
                      extra={"stream": stream, "event": "stall_end", "stalled_s": round(now - resumed, 3)})
         return n
 
-    def stage_call(self, stage: str, seconds: float, frames: int) -> None:
+    def stage_call(self, stage: str, seconds: float, frames: int, streams=(), engine: dict | None = None) -> None:
+        """A stage call over ``frames`` frames of ``streams`` took ``seconds``; ``engine``: the stage's
+        engine_info at that call (a learned stage's backend, precision, device)."""
         self.stages[stage].add_call(seconds, frames)  # one writer per stage: its worker
+        if engine:
+            self._engine_seen(stage, engine, streams)
+
+    def _engine_seen(self, stage: str, engine: dict, streams) -> None:
+        """One INFO line per stream when its frames first run on an engine, or on another one than before
+        (a backend chosen, changed or fallen back to); nothing while it stays the same."""
+        key = engine_key(engine)
+        for stream in set(streams):
+            before = self.engines.get((stream, stage))
+            if before == key:
+                continue
+            self.engines[(stream, stage)] = key
+            why = engine.get("chosen_by")
+            how = f" ({why})" if why else ""
+            if before is None:
+                log.info("%s: %s runs on %s%s", stream, stage, " ".join(key), how,
+                         extra={"stream": stream, "event": "engine", "stage": stage, "backend": key[0]})
+            else:
+                log.info("%s: %s engine changed from %s to %s%s", stream, stage, " ".join(before), " ".join(key), how,
+                         extra={"stream": stream, "event": "engine", "stage": stage, "backend": key[0],
+                                "previous": before[0]})
 
     def frame_written(self, frame, seconds: float, now: float) -> None:
         """The sinks wrote ``frame`` in ``seconds``; its read time is ``frame.data['_t_in']``."""
@@ -427,10 +453,18 @@ class Observer:
             "errors": list(s.errors) + list(self.graph_errors),
             "source_events": list(getattr(source, "events", []) or []),
             "stalls": s.stalls,
+            # the engine each learned stage ran this stream's frames on (the last one, if it changed)
+            "engines": {stage: " ".join(key) for (stream, stage), key in list(self.engines.items())
+                        if stream == s.name},
             "interrupted": self.interrupted,
             "outputs": sorted(str(p.relative_to(out.folder)) for p in out.paths()),
             **out.summaries(),  # e.g. "analytics": totals and time bins
         }
+
+
+def engine_key(engine: dict) -> tuple[str, str, str]:
+    """(backend, precision, device) of a stage's engine_info: what a change of engine means."""
+    return tuple(str(engine.get(k) or "?") for k in ("backend", "precision", "device"))
 
 
 def recent_latencies(window: LatencyWindow, n: int) -> np.ndarray:
