@@ -168,6 +168,39 @@ def test_segment_zero_keeps_one_file_per_input_even_when_live(tmp_path):
     assert names == ["dehazed.mp4", "events.jsonl", "masks", "preview.mp4"]
 
 
+def early_in_a_second() -> None:
+    """Wait for the first half of a wall-clock second (a live 1 s segment cuts on whole seconds)."""
+    while time.time() % 1.0 > 0.4:
+        time.sleep(0.02)
+
+
+def test_a_stalled_live_segment_is_closed_at_its_cut_time_without_a_frame(tmp_path):
+    out = StreamOutputs(tmp_path, "cam", OutputsConfig(segment_s=1, preview=False, masks=False), fps=10, live=True)
+    folder = tmp_path / "cam"
+    try:
+        early_in_a_second()  # four frames inside one 1 s segment
+        for i in range(4):
+            out.write(frame(i))
+        first = out.segment.stem
+        assert (folder / "dehazed" / f"{first}.open.mp4").exists()
+        # the camera stalls: no frame for 2.2 s, two 1 s cuts pass
+        deadline = time.monotonic() + 2.2
+        while time.monotonic() < deadline and list(folder.rglob("*.open*")):
+            time.sleep(0.05)
+        assert not list(folder.rglob("*.open*")), "the open segment waited for the next frame"
+        assert out.segment is None and closed_stems(folder) == [first]
+        assert decode_count(folder / "dehazed" / f"{first}.mp4") == len(jsonl(folder / "events" / f"{first}.jsonl")) == 4
+        early_in_a_second()
+        for i in range(4, 7):  # frames again: a new segment, named by its own start
+            out.write(frame(i))
+        assert out.segment is not None and out.segment.stem != first
+    finally:
+        out.close()
+    stems = closed_stems(folder)
+    assert len(stems) == 2 and [len(jsonl(folder / "events" / f"{s}.jsonl")) for s in stems] == [4, 3]
+    assert decode_count(folder / "dehazed" / f"{stems[1]}.mp4") == 3 and not list(folder.rglob("*.open*"))
+
+
 # ------------------------------------------------------------------ retention
 def fake_segment(root: Path, stream: str, stem: str, size: int, mtime: float) -> list[Path]:
     seg = Segment(root / stream, stem)

@@ -21,7 +21,10 @@ second is taken it appends ``-2``, ``-3``, ...
 Rotation: live streams rotate on the wall clock at multiples of ``segment_s``
 since the epoch (300 s -> :00, :05, :10 past the hour), files on their own
 media time (``frame.pts``) every ``segment_s`` from their first frame, so a
-file cut into segments gives the same cuts on every run.
+file cut into segments gives the same cuts on every run. A live segment is
+normally cut by the first frame after its cut time; when no frame comes (a
+stalled camera), a timer closes it ``CUT_GRACE_S`` after the cut time, so it is
+complete and renamed on time, and the next frame opens a new segment.
 
 Retention (``outputs.keep_hours``, ``outputs.max_disk_gb``) runs in the
 background when a segment opens (at most every 10 s per output folder). It deletes whole segments (video, preview, events and masks
@@ -51,6 +54,9 @@ KINDS = {"dehazed": ".mp4", "preview": ".mp4", "events": ".jsonl", "masks": "", 
 LIVE_SEGMENT_S = 300.0
 #: longest video fragment of an open segment, i.e. the most a kill -9 loses (the encoder's delay aside)
 FRAGMENT_S = 1.0
+#: a live segment still open this long after its cut time (its camera sent nothing since) is closed
+#: by a timer, so a stalled camera's last segment gets its final name on time, not at its next frame
+CUT_GRACE_S = 0.5
 
 _STEM = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?(?:\.open)?(?:\.[A-Za-z0-9]+)?$")
 _OPEN: set[tuple[Path, str]] = set()  # (stream folder, stem) of segments this process is writing
@@ -143,6 +149,11 @@ class SegmentClock:
         self.live = live
         self._origin: float | None = 0.0 if live else None
         self._end: float | None = None
+
+    @property
+    def end(self) -> float | None:
+        """When the current segment ends (None before the first frame)."""
+        return self._end
 
     def due(self, t: float) -> bool:
         """True when the frame at time ``t`` belongs to a new segment (always for the first frame)."""
