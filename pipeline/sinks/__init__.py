@@ -25,7 +25,7 @@ from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
 from pipeline.sinks.preview import PreviewSink
 from pipeline.sinks.segments import (CUT_GRACE_S, Retention, Segment, SegmentClock, leftover_open_files,
-                                     segment_length)
+                                     segment_length, writer_ended, writer_started)
 from pipeline.sinks.summary import write_json_atomic
 from pipeline.sinks.video import DehazedVideoSink
 
@@ -71,6 +71,7 @@ class StreamOutputs:
         self._lock = threading.RLock()  # write and close (sink thread) vs the cut timer
         self._timer: threading.Timer | None = None
         self._cut_error: Exception | None = None  # a close that failed in the timer, raised by close()
+        self._ended = False  # close() ran (retention no longer keeps room for this stream)
 
     def _open(self, segment: Segment | None = None) -> None:
         o = self.outputs
@@ -118,6 +119,7 @@ class StreamOutputs:
         """Close the open segment (its files get their final names) and open the next one."""
         self._close_sinks()
         if self.segments == 0:
+            writer_started(self.folder)
             for path in leftover_open_files(self.folder):
                 log.warning("%s: %s was left open by a run that did not finish; it plays up to its last "
                             "fragment and keeps its name", self.stream, path.relative_to(self.folder))
@@ -163,7 +165,12 @@ class StreamOutputs:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                self._close_sinks()
+                try:
+                    self._close_sinks()
+                finally:
+                    if self.segments and not self._ended:
+                        self._ended = True
+                        writer_ended(self.folder)
                 if self._cut_error is not None:
                     error, self._cut_error = self._cut_error, None
                     raise error
