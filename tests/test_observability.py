@@ -375,3 +375,17 @@ def test_a_real_learned_stage_logs_its_engine_once_per_stream(tmp_path, log_line
     assert sorted(e["stream"] for e in engine) == ["a", "b"]  # once each, not once per call
     assert all(e["message"].endswith("msfgnet runs on onnxruntime fp32 cpu (configured)") for e in engine), engine
     assert report.streams["a"]["engines"] == {"msfgnet": "onnxruntime fp32 cpu"}
+
+
+def test_an_input_that_cannot_be_opened_is_listed_and_not_ready(tmp_path):
+    from pipeline.errors import SourceError
+    from pipeline.observability import Observer
+
+    ob = Observer(tmp_path)
+    ob.input_failed(SourceError("rtsp://admin:secret@127.0.0.1:1/x", "cannot open rtsp://admin:secret@127.0.0.1:1/x"))
+    ob.start()
+    assert ob.readiness() == {"rtsp://admin:***@127.0.0.1:1/x": "cannot be opened"}
+    assert ob.first_error is None  # the inputs that did open still run
+    ob.write_summaries({}, final=True)
+    text = (tmp_path / "summary.json").read_text()
+    assert "secret" not in text and json.loads(text)["failed_inputs"][0]["where"] == "rtsp://admin:***@127.0.0.1:1/x"

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.sinks import inside, safe_name, write_json_atomic
+from pipeline.sources.base import mask_credentials
 from pipeline.sinks.summary import LatencyWindow, latency_stats
 
 log = logging.getLogger("hazeflow.graph")
@@ -264,7 +265,8 @@ class Observer:
         """An input that could not be opened (before the run): listed in summary.json, not a stream of its own.
 
         Not ``first_error``: that one stops the graph, and the inputs that did open must run."""
-        entry = {"where": error.input, "error": error.cause, "type": type(error).__name__}
+        entry = {"where": mask_credentials(error.input), "error": mask_credentials(error.cause),
+                 "type": type(error).__name__}
         with self.lock:
             self.errors.append(entry)
             self.failed_inputs.append(entry)
@@ -368,6 +370,8 @@ class Observer:
                     bad[s.name] = "no frame yet"
                 elif now - s.t_last_in > s.stall_timeout_s:
                     bad[s.name] = f"no frame for {now - s.t_last_in:.1f} s"
+            for entry in self.failed_inputs:
+                bad[entry["where"]] = "cannot be opened"
         if self.t0 is None:
             bad["run"] = "not started"
         return bad
