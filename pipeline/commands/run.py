@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from pipeline.config import load_config, with_overrides
-from pipeline.errors import ConfigError, SourceError, SourceNotFoundError
+from pipeline.errors import ConfigError, PipelineError, SourceError, SourceNotFoundError
 from pipeline.graph import Graph, build_stages
 from pipeline.observability.metrics import serve_metrics
 
@@ -157,19 +157,24 @@ def main(args) -> int:
         _print_failures(failed)
         print("hazeflow: interrupted; outputs of the processed frames were kept", file=sys.stderr)
         return 130
-    if report.error is not None:
-        _print_failures(failed)
-        raise report.error
-    if failed:
-        _print_failures(failed[:-1])
-        raise failed[-1]
-    return 0
+    if report.error is None and not failed:
+        return 0
+    # one line per failure: inputs that could not be opened, then what failed while running (inputs
+    # that broke mid-file, or the stage error that stopped the run); cli prints the raised one last
+    last = report.error if report.error is not None else failed[-1]
+    lines = [(e.input, e.cause) for e in failed]
+    lines += [(x["where"], x["error"]) for x in report.errors if x not in report.failed_inputs]
+    if (last.input, last.cause) in lines:
+        lines.remove((last.input, last.cause))
+    _print_failures(lines)
+    raise last
 
 
 def _print_failures(errors) -> None:
-    """``hazeflow: error: <input>: <cause>`` for each input that could not be opened (as cli prints the last)."""
+    """``hazeflow: error: <input>: <cause>`` per failure (``PipelineError`` or ``(input, cause)``)."""
     for e in errors:
-        print(f"hazeflow: error: {e.input}: {e.cause}", file=sys.stderr)
+        where, cause = (e.input, e.cause) if isinstance(e, PipelineError) else e
+        print(f"hazeflow: error: {where}: {cause}", file=sys.stderr)
 
 
 def _sigterm_as_interrupt():
