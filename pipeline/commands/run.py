@@ -159,15 +159,19 @@ def main(args) -> int:
         return 130
     if report.error is None and not failed:
         return 0
-    # one line per failure: inputs that could not be opened, then what failed while running (inputs
-    # that broke mid-file, or the stage error that stopped the run); cli prints the raised one last
+    # one line per failed input: those that could not be opened, then those that broke while read (a
+    # stage or sink error is one line of its own: the run's first error); cli prints the raised one last
     last = report.error if report.error is not None else failed[-1]
     lines = [(e.input, e.cause) for e in failed]
-    lines += [(x["where"], x["error"]) for x in report.errors if x not in report.failed_inputs]
+    lines += [(x["where"], x["error"]) for x in report.errors
+              if x not in report.failed_inputs and x["type"] in _INPUT_ERRORS]
     if (last.input, last.cause) in lines:
         lines.remove((last.input, last.cause))
     _print_failures(lines)
     raise last
+
+
+_INPUT_ERRORS = (SourceError.__name__, SourceNotFoundError.__name__)
 
 
 def _print_failures(errors) -> None:
