@@ -336,26 +336,31 @@ def test_two_inputs_with_one_name_keep_their_own_stall_timeout_and_live(tmp_path
 
 
 class FallbackStage(MaskStage):
-    """MaskStage whose engine falls back to another backend after frame ``switch_at`` of any stream, as a
-    learned stage's engine_info would say."""
+    """MaskStage whose engine falls back to another backend once it ran ``switch_at`` frames of every
+    stream in ``streams``, as a learned stage's engine_info would say."""
 
-    def __init__(self, switch_at):
+    def __init__(self, switch_at, streams):
         super().__init__()
-        self.switch_at = switch_at
+        self.switch_at, self.seen = switch_at, dict.fromkeys(streams, 0)
         self.engine_info = {"backend": "tensorrt", "precision": "fp16", "device": "cuda", "chosen_by": "configured"}
 
     def process(self, frames):
-        if any(f.index >= self.switch_at for f in frames):
+        for f in frames:
+            self.seen[f.stream] += 1
+        if min(self.seen.values()) >= self.switch_at:
             self.engine_info = {"backend": "onnxruntime", "precision": "fp32", "device": "cpu",
                                 "chosen_by": "auto (portable fallback: test)"}
         return super().process(frames)
 
 
 def test_an_engine_change_is_one_info_line_per_stream(tmp_path, log_lines):
-    sources = [ListSource(n, 20) for n in ("a", "b")]
-    report = graph(tmp_path, [StageNode(FallbackStage(switch_at=8), "testmask", batch=4)], outputs=NO_VIDEO).run(sources)
+    together = threading.Barrier(2)
+    # paced at 10 ms: both streams still have about 25 frames to go when the engine changes
+    sources = [ListSource(n, 30, interval=0.01, start=together) for n in ("a", "b")]
+    stage = FallbackStage(switch_at=5, streams="ab")
+    report = graph(tmp_path, [StageNode(stage, "testmask", batch=4)], outputs=NO_VIDEO).run(sources)
     engine = [e for e in log_lines() if e["event"] == "engine"]
-    assert [e["level"] for e in engine] == ["INFO"] * 4
+    assert [e["level"] for e in engine] == ["INFO"] * 4, engine
     for name in "ab":
         mine = [e["message"] for e in engine if e["stream"] == name]
         assert mine == [f"{name}: testmask runs on tensorrt fp16 cuda (configured)",
