@@ -125,7 +125,8 @@ def _entered_joined(masks, truth, min_area: int, skip: int) -> set[int]:
         for o in objects:
             x, y, w, h = o["box"]
             if w * h >= min_area:
-                label_of[o["id"]] = labels[min(int(y + h / 2), mask.shape[0] - 1), min(int(x + w / 2), mask.shape[1] - 1)]
+                row, col = min(int(y + h / 2), mask.shape[0] - 1), min(int(x + w / 2), mask.shape[1] - 1)
+                label_of[o["id"]] = labels[row, col]
         for vid, label in label_of.items():
             if vid not in seen:
                 seen.add(vid)

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
         "target_ms": 2.0,
         "mog2_apply_ms_p50": round(float(np.median(np.array(t_mog2[warm]) * 1e3)), 4),
         "components_32bit_ms_p50": round(float(np.median(np.array(t_cc32[warm]) * 1e3)), 4),
-        "blobs_and_analytics_over_mog2_p50": round(float(np.median(a + b) / np.median(np.array(t_mog2[warm]) * 1e3)), 3),
+        "blobs_and_analytics_over_mog2_p50": round(float(np.median(a + b) / np.median(np.array(t_mog2[warm]) * 1e3)),
+                                                   3),
     }
     print(json.dumps(result, indent=2))
     if args.json:

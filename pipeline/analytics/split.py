@@ -7,13 +7,13 @@ before. Two rules cut such blobs before tracking:
 
 * **Grown past its track.** A track seen in the last two frames, clear of the picture's border,
   predicts its box (last box moved and resized by its recent motion and growth). When that
-  prediction's centre is the only one inside a
-  blob and the blob's box is ``growth`` times the predicted box's area or more, something joined
-  it: the blob's pixels inside the prediction (grown by ``CORE_MARGIN`` on each side, for the
-  vehicle's own change of size) stay one piece and the pixels outside form pieces of their own.
+  prediction's centre is the only one inside a blob and the blob's box is ``split_growth`` times
+  the predicted box's area or more, something joined it: the blob's pixels inside the
+  prediction (grown by ``CORE_MARGIN`` on each side, for the vehicle's own change of size) stay
+  one piece and the connected parts outside it are pieces of their own.
 * **Wider than one vehicle.** ``RowWidths`` learns the width of a single vehicle's blob per image
   row from tracks that kept a steady size (on a flat road it grows linearly with the bottom row,
-  the perspective). A piece at least ``width`` times that wide at its bottom row is cut into
+  the perspective). A piece at least ``split_width`` times that wide at its bottom row is cut into
   ``round(width / expected)`` pieces side by side, each cut at the emptiest column near its
   nominal place.
 
@@ -37,10 +37,10 @@ MAX_SIDE_BY_SIDE = 4
 class RowWidths:
     """Width of one vehicle's blob against its bottom row, learned from steady tracks.
 
-    Samples (bottom row, width) go into a ring buffer; the fit is a least-squares line, weighted by
-    the samples per band, through the median width of each of ``bands`` row bands (medians, so the few merged blobs
-    that look steady do not pull it), refitted when enough new samples came in. No estimate until
-    ``min_samples`` samples spread over ``min_bands`` bands.
+    Samples (bottom row, width) go into a ring buffer; the fit is a least-squares line, weighted
+    by the samples per band, through the median width of each of ``bands`` row bands (medians, so
+    the few merged blobs that look steady do not pull it), refitted every ``refit_every`` new
+    samples. No estimate until ``min_samples`` samples spread over ``min_bands`` bands.
     """
 
     def __init__(self, height: int, bands: int = 12, samples: int = 400, min_samples: int = 40,
