@@ -76,8 +76,8 @@ class MotpyTracker:
         self._ids: dict[str, int] = {}
         self._next_id = 1
 
-    def update(self, boxes: np.ndarray) -> list[int]:
-        """Ids for ``boxes`` (Nx4 x, y, w, h)."""
+    def update(self, boxes: np.ndarray, size=None) -> list[int]:
+        """Ids for ``boxes`` (Nx4 x, y, w, h); ``size``, the frame's, is not used."""
         from motpy import Detection
 
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -299,15 +299,18 @@ def run_seed(seed: int, args) -> dict:
               "detect_s": round(detect_s, 1),
               "truth": {d: len(v) for d, v in crossed.items()}, "lane_speeds_kmh": [[d, round(s, 2)] for d, s in lanes],
               "trackers": {}}
-    variants = [(t, mo, sp) for t in args.trackers for mo in args.max_occluded for sp in args.split]
-    for tracker, max_occluded, split in variants:
+    variants = [(t, mo, sp, bv) for t in args.trackers for mo in args.max_occluded for sp in args.split
+                for bv in args.blobs]
+    for tracker, max_occluded, split, extra in variants:
         blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded, "min_age": args.min_age}
         if split == "off":
             blob_values.update(split_growth=0, split_width=0)
+        blob_values.update(json.loads(extra))
         hyps, crossings, totals, t_frame = track(masks, tracker, analytics_config, stream, blob_values)
         counted = [c for c in crossings if c["frame"] > args.skip]
         name = tracker if len(args.max_occluded) == 1 else f"{tracker}/occluded{max_occluded}"
         name = name if len(args.split) == 1 else f"{name}/split-{split}"
+        name = name if len(args.blobs) == 1 else f"{name}/{extra}"
         result["trackers"][name] = {
             "mot": mot_scores(truth[args.skip:], hyps[args.skip:], args.min_area),
             "counts": {d: sum(c["direction"] == d for c in counted) for d in ("in", "out")},
@@ -337,6 +340,9 @@ def main(argv=None) -> int:
     p.add_argument("--split", nargs="+", choices=("on", "off"), default=["on"],
                    help="the blob stage's split rules (split_growth, split_width) at their defaults, or off; "
                         "both are run on the same masks when both are given")
+    p.add_argument("--blobs", nargs="+", default=["{}"],
+                   help="JSON of blob settings over the defaults, e.g. '{\"max_reverse\": 0}'; several are "
+                        "each run on the same masks")
     p.add_argument("--skip", type=int, default=50,
                    help="frames left out of every score at the start (MSFgNet's window fills, tracks start)")
     p.add_argument("--cache", default=None,
