@@ -22,6 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from pipeline.analytics.counting import anchors_of
 from pipeline.analytics.geometry import parse_zones
 from pipeline.analytics.split import MAX_SIDE_BY_SIDE, RowWidths, box_of, cut_grown, cut_side_by_side
 from pipeline.errors import ConfigError, StageError
@@ -91,9 +92,10 @@ class BoxTracker:
         if size is not None:
             clear = ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 0] + boxes[:, 2] < size[0])
                      & (boxes[:, 1] + boxes[:, 3] < size[1]))
+        grounds = anchors_of(boxes)  # where each vehicle touches the road
         ids = [0] * len(boxes)
         matched: dict[int, int] = {}
-        pairs, turned = self._greedy_pairs(boxes, clear)
+        pairs, turned = self._greedy_pairs(boxes, clear, grounds)
         for t, b in pairs:
             ids[b] = self._ids[t]
             matched[t] = b
@@ -123,7 +125,7 @@ class BoxTracker:
                     growth = 0.5 * growth + 0.5 * ratio if self._age[t] > 1 else ratio
                     if self._age[t] >= self.min_age:
                         self.steady.append(matched[t])
-                ground = _ground(new)
+                ground = grounds[matched[t]]
                 if not clear[matched[t]]:
                     front = np.full(2, math.nan)  # cut by the border: the next clear box restarts it
                 elif np.isnan(origin[0]):
@@ -152,7 +154,7 @@ class BoxTracker:
             if not ids[b]:
                 ids[b] = self._next_id
                 self._next_id += 1
-                ground = _ground(box) if clear[b] else np.full(2, math.nan)
+                ground = grounds[b] if clear[b] else np.full(2, math.nan)
                 keep(box, ids[b], 0, np.zeros(2), 1, 0, 1.0, ground, (0.0, 0.0), ground)
         self._boxes = np.array(out["box"], np.float64).reshape(-1, 4)
         self._velocity = np.array(out["vel"], np.float64).reshape(-1, 2)
@@ -178,7 +180,8 @@ class BoxTracker:
         centre = b[sure, :2] + b[sure, 2:] / 2 + self._velocity[sure]
         return np.concatenate((centre - size / 2, size), axis=1)
 
-    def _greedy_pairs(self, boxes: np.ndarray, clear: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+    def _greedy_pairs(self, boxes: np.ndarray, clear: np.ndarray,
+                      grounds: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
         """(track, box) pairs, best score first, and per track whether its best box was refused
         because it lies back against the track's heading."""
         turned = np.zeros(len(self._ids), bool)
@@ -189,7 +192,7 @@ class BoxTracker:
         if hidden.any():  # an occluded track comes back only on a box overlapping its prediction
             score[hidden] = np.where(score[hidden] >= self.match_iou, score[hidden], 0.0)
         if self.max_reverse:
-            back = self._reversed(boxes) & clear[None, :]
+            back = self._reversed(boxes, grounds) & clear[None, :]
             turned = back[np.arange(len(score)), np.argmax(score, axis=1)] & (score.max(axis=1) > 0)
             score[back] = 0.0
         pairs, used_t, used_b = [], set(), set()
@@ -201,12 +204,12 @@ class BoxTracker:
                 pairs.append((t, b)); used_t.add(t); used_b.add(b)
         return pairs, turned
 
-    def _reversed(self, boxes: np.ndarray) -> np.ndarray:
+    def _reversed(self, boxes: np.ndarray, grounds: np.ndarray) -> np.ndarray:
         """tracks x boxes: the box would take the track's ground point back against its heading, more
         than ``max_reverse`` times its height behind the furthest point it reached, with a steady size."""
         t, b = self._boxes[:, None, :], boxes[None, :, :]
         steady = np.all(np.abs(b[..., 2:] - t[..., 2:]) <= 0.3 * t[..., 2:], axis=-1)
-        back = np.einsum("tbk,tk->tb", np.nan_to_num(self._front)[:, None, :] - _ground(boxes)[None], self._heading)
+        back = np.einsum("tbk,tk->tb", np.nan_to_num(self._front)[:, None, :] - grounds[None], self._heading)
         allowed = np.maximum(self.REVERSE_PX, self.max_reverse * self._boxes[:, 3])[:, None]
         known = self._heading.any(axis=1) & (np.asarray(self._occluded) == 0) & ~np.isnan(self._front[:, 0])
         return known[:, None] & steady & (back > allowed)
@@ -223,12 +226,6 @@ class BoxTracker:
                                                  np.hypot(*np.moveaxis(b_size, -1, 0)))
         near = np.clip(1.0 - np.hypot(dx, dy) / reach, 0, None) * 1e-3  # always below any accepted IoU
         return np.where(iou >= self.match_iou, iou, near)
-
-
-def _ground(box: np.ndarray) -> np.ndarray:
-    """Bottom centre of x, y, w, h box(es), where a vehicle touches the road."""
-    box = np.asarray(box, np.float64)
-    return np.stack((box[..., 0] + box[..., 2] / 2, box[..., 1] + box[..., 3]), axis=-1)
 
 
 def _inside_any(box: np.ndarray, others: np.ndarray) -> bool:
