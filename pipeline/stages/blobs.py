@@ -75,9 +75,11 @@ class BoxTracker:
         self._growth: list[float] = []                 # smoothed change of box size per frame (ratio)
         self._age: list[int] = []                      # frames matched
         self._occluded: list[int] = []                 # frames carried inside another's blob
-        self._origin = np.zeros((0, 2), np.float64)    # ground point of the first box
-        self._heading = np.zeros((0, 2), np.float64)   # unit direction of travel (0, 0 until known)
-        self._front = np.zeros((0, 2), np.float64)     # furthest ground point since a jump (nan: none)
+        self._origin_l: list[tuple[float, float]] = []   # first ground point clear of the border
+        self._heading_l: list[tuple[float, float]] = []  # unit direction of travel, (0, 0) until known
+        self._front_l: list[tuple[float, float]] = []    # furthest ground point since a jump (nan: none)
+        self._heading = np.zeros((0, 2), np.float64)     # the same two as arrays, for the matcher
+        self._front = np.zeros((0, 2), np.float64)
         self._next_id = 1
         self.occluded: list[tuple[int, list[float]]] = []  # (id, predicted box) after the last update
         self.steady: list[int] = []  # indices of the last update's boxes whose track kept a steady size
@@ -93,6 +95,7 @@ class BoxTracker:
             clear = ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 0] + boxes[:, 2] < size[0])
                      & (boxes[:, 1] + boxes[:, 3] < size[1]))
         grounds = anchors_of(boxes)  # where each vehicle touches the road
+        ground_list = [(float(x), float(y)) for x, y in grounds.tolist()]
         ids = [0] * len(boxes)
         matched: dict[int, int] = {}
         pairs, turned = self._greedy_pairs(boxes, clear, grounds)
@@ -112,7 +115,7 @@ class BoxTracker:
         self.steady = []
         for t in range(len(self._ids)):
             box, vel, growth = self._boxes[t], self._velocity[t], self._growth[t]
-            origin, heading, front = self._origin[t], self._heading[t], self._front[t]
+            origin, heading, front = self._origin_l[t], self._heading_l[t], self._front_l[t]
             if t in matched:
                 new = boxes[matched[t]]
                 step = (new[:2] + new[2:] / 2) - (box[:2] + box[2:] / 2)
@@ -125,16 +128,17 @@ class BoxTracker:
                     growth = 0.5 * growth + 0.5 * ratio if self._age[t] > 1 else ratio
                     if self._age[t] >= self.min_age:
                         self.steady.append(matched[t])
-                ground = grounds[matched[t]]
+                # plain floats: a few of these per track and frame cost less than numpy calls
+                (gx, gy), (hx, hy), (fx, fy) = ground_list[matched[t]], heading, front
                 if not clear[matched[t]]:
-                    front = np.full(2, math.nan)  # cut by the border: the next clear box restarts it
-                elif np.isnan(origin[0]):
-                    origin = front = ground
-                elif not heading.any() or not steady or np.isnan(front[0]) or (ground - front) @ heading > 0:
-                    front = ground  # a new furthest point, or a jump restarts it
-                    travel = ground - origin
-                    if np.hypot(*travel) >= max(self.TRAVEL_PX, nw, nh):
-                        heading = travel / np.hypot(*travel)
+                    front = (math.nan, math.nan)  # cut by the border: the next clear box restarts it
+                elif math.isnan(origin[0]):
+                    origin = front = (gx, gy)
+                elif (hx == hy == 0.0) or not steady or math.isnan(fx) or (gx - fx) * hx + (gy - fy) * hy > 0:
+                    front = (gx, gy)  # a new furthest point, or a jump restarts it
+                    travel = math.hypot(gx - origin[0], gy - origin[1])
+                    if travel >= max(self.TRAVEL_PX, nw, nh):
+                        heading = ((gx - origin[0]) / travel, (gy - origin[1]) / travel)
                 keep(new, self._ids[t], 0, vel, self._age[t] + 1, 0, growth, origin, heading, front)
                 continue
             if turned[t]:
@@ -154,15 +158,15 @@ class BoxTracker:
             if not ids[b]:
                 ids[b] = self._next_id
                 self._next_id += 1
-                ground = grounds[b] if clear[b] else np.full(2, math.nan)
+                ground = ground_list[b] if clear[b] else (math.nan, math.nan)
                 keep(box, ids[b], 0, np.zeros(2), 1, 0, 1.0, ground, (0.0, 0.0), ground)
         self._boxes = np.array(out["box"], np.float64).reshape(-1, 4)
         self._velocity = np.array(out["vel"], np.float64).reshape(-1, 2)
         self._ids, self._missed, self._age, self._occluded = out["id"], out["missed"], out["age"], out["occ"]
         self._growth = out["growth"]
-        self._origin = np.array(out["origin"], np.float64).reshape(-1, 2)
-        self._heading = np.array(out["heading"], np.float64).reshape(-1, 2)
-        self._front = np.array(out["front"], np.float64).reshape(-1, 2)
+        self._origin_l, self._heading_l, self._front_l = out["origin"], out["heading"], out["front"]
+        self._heading = np.array(self._heading_l, np.float64).reshape(-1, 2)
+        self._front = np.array(self._front_l, np.float64).reshape(-1, 2)
         return ids
 
     def predictions(self, width: int, height: int) -> np.ndarray:
@@ -207,12 +211,15 @@ class BoxTracker:
     def _reversed(self, boxes: np.ndarray, grounds: np.ndarray) -> np.ndarray:
         """tracks x boxes: the box would take the track's ground point back against its heading, more
         than ``max_reverse`` times its height behind the furthest point it reached, with a steady size."""
-        t, b = self._boxes[:, None, :], boxes[None, :, :]
-        steady = np.all(np.abs(b[..., 2:] - t[..., 2:]) <= 0.3 * t[..., 2:], axis=-1)
-        back = np.einsum("tbk,tk->tb", np.nan_to_num(self._front)[:, None, :] - grounds[None], self._heading)
-        allowed = np.maximum(self.REVERSE_PX, self.max_reverse * self._boxes[:, 3])[:, None]
         known = self._heading.any(axis=1) & (np.asarray(self._occluded) == 0) & ~np.isnan(self._front[:, 0])
-        return known[:, None] & steady & (back > allowed)
+        if not known.any():
+            return np.zeros((len(self._ids), len(boxes)), bool)
+        back = ((self._front[:, None, 0] - grounds[None, :, 0]) * self._heading[:, None, 0]
+                + (self._front[:, None, 1] - grounds[None, :, 1]) * self._heading[:, None, 1])
+        allowed = np.maximum(self.REVERSE_PX, self.max_reverse * self._boxes[:, 3])[:, None]
+        size, new = self._boxes[:, None, 2:], boxes[None, :, 2:]
+        steady = (np.abs(new - size) <= 0.3 * size).all(axis=-1)
+        return known[:, None] & steady & (back > allowed)  # a front not known (nan) compares False
 
     def _match_scores(self, tracks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """IoU where it passes ``match_iou``; else a small score for near centroids; else 0."""
