@@ -111,8 +111,11 @@ def test_stage_error_exit_status_and_summary(tmp_path, clip, capsys, monkeypatch
 def test_sigint_finalises_outputs_and_exits_130(tmp_path):
     out = tmp_path / "o"
     uri = "synthetic:traffic?size=160x120&frames=100000&seed=3"
+    # SIGINT at its default, as in a terminal: a suite started as a background job would hand the child
+    # SIGINT ignored, and Python then installs no Ctrl-C handler at all (the run went on until the timeout)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--input", uri, "--output", str(out),
-                             "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     masks = out / "synthetic-traffic-seed3" / "masks"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (masks.exists() and len(os.listdir(masks)) >= 10):
