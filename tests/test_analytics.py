@@ -340,3 +340,15 @@ def test_segmented_run_writes_one_csv_per_segment(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     table = page[page.index('<table class="analytics">'):]
     assert table.count("<tr>") - 1 == sum(len(list(csv.DictReader(open(f, newline="")))) for f in files)
+
+
+def test_anchor_is_the_bottom_edge_of_the_box_in_opencv_pixel_coordinates():
+    """Pixel (c, r) is centred on (c, r), as for the calibration's image points: a box of columns
+    10-19 and rows 20-29 touches the road at the lower edge of row 29, x 14.5. The ground point one
+    half pixel lower measured approaching vehicles slow (docs/analytics.md)."""
+    from pipeline.analytics.counting import anchors_of
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[20:30, 10:20] = 255
+    x, y, w, h = cv2.boundingRect(mask)
+    assert anchors_of(np.array([[x, y, w, h]])).tolist() == [[14.5, 29.5]]

@@ -175,3 +175,45 @@ def test_bad_split_settings_are_one_line_config_errors(key, value):
         config_from_dict({"stages": [{"blobs": {key: value}}]})
     assert err.value.input == f"stages.blobs.{key}" and "0 (off) or > 1" in err.value.cause
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------ a track does not turn round onto an oncoming vehicle
+def _receding_then_oncoming(frame: int) -> np.ndarray:
+    """A car drives away up the picture, shrinking, and vanishes at the horizon (frame 30); two
+    frames later an oncoming car appears on the same spot and drives down towards the camera."""
+    mask = np.zeros((H, W), np.uint8)
+    if frame < 30:
+        bottom, w, h = 250 - 6 * frame, 40 - frame, 30 - 0.7 * frame
+    elif frame >= 32:
+        k = frame - 32
+        bottom, w, h = 76 + 4 * k, 11 + 0.6 * k, 9 + 0.45 * k
+    else:
+        return mask
+    x, top = int(160 - w / 2), int(bottom - h)
+    mask[top:int(bottom), x:x + int(w)] = 255
+    return mask
+
+
+@pytest.mark.parametrize("max_reverse, expected", [(0.5, {"in": 1, "out": 1}), (0, {"in": 0, "out": 1})])
+def test_a_track_that_would_turn_round_ends_and_the_oncoming_vehicle_is_counted(max_reverse, expected):
+    """Near the horizon a receding vehicle's track (already counted ``out``) is the nearest track
+    to an oncoming vehicle that appears there; without the heading rule it takes that vehicle over
+    and the vehicle's ``in`` crossing is lost (a track is counted once per line)."""
+    blobs = BlobStage(BlobStage.Config(min_area=20, max_reverse=max_reverse))
+    stage = AnalyticsStage(AnalyticsStage.Config(lines={"road": [[0, 200], [319, 200]]}))
+    image = np.zeros((H, W, 3), np.uint8)
+    ids = {}
+    for i in range(70):
+        frame = Frame("s", i + 1, i / 25.0, image, data={"mask": _receding_then_oncoming(i)})
+        stage.process(blobs.process([frame]))
+        if i in (29, 69):  # the receding car's last frame, the oncoming car's last
+            ids[i] = [o["track"] for o in frame.data["objects"]]
+    assert frame.data["analytics"]["totals"]["road"] == expected
+    # with the rule the oncoming car ends on a track of its own; without it, on the receding one's
+    assert len(ids[29]) == len(ids[69]) == 1 and (ids[29] == ids[69]) == (max_reverse == 0), ids
+
+
+def test_bad_max_reverse_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"stages": [{"blobs": {"max_reverse": -1}}]})
+    assert err.value.input == "stages.blobs.max_reverse" and "\n" not in str(err.value)

@@ -18,7 +18,8 @@ vehicles:
   whose visible box has at least ``--min-area`` pixels; smaller ones are left out of the score
   as "don't care", both for the truth and the hypotheses they overlap);
 * counts: vehicles whose base crossed the line's row while on screen, per direction, against
-  the line totals;
+  the line totals; and each counted crossing paired with a true one (same direction, within 6
+  frames, boxes overlapping), so a missed vehicle and a double count do not cancel in a total;
 * speed: each counted crossing against the lane speed of the true vehicle its box overlaps
   most, and the mean per direction against the true mean of the vehicles that crossed.
 
@@ -76,8 +77,8 @@ class MotpyTracker:
         self._ids: dict[str, int] = {}
         self._next_id = 1
 
-    def update(self, boxes: np.ndarray) -> list[int]:
-        """Ids for ``boxes`` (Nx4 x, y, w, h)."""
+    def update(self, boxes: np.ndarray, size=None) -> list[int]:
+        """Ids for ``boxes`` (Nx4 x, y, w, h); ``size``, the frame's, is not used."""
         from motpy import Detection
 
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -256,6 +257,45 @@ def true_crossings(truth, line_y: float, skip: int) -> dict:
     return out
 
 
+def true_crossing_events(truth, line_y: float, skip: int) -> list[dict]:
+    """Each vehicle's passage of the base row over ``line_y`` between two frames after ``skip``:
+    frame (1-based, the first frame past the line), direction and vehicle id."""
+    events, previous = [], {}
+    for k, objs in enumerate(truth, start=1):
+        for o in objs:
+            y, before = o["base"][1], previous.get(o["id"])
+            if before is not None and k > skip and (before < line_y <= y or y < line_y <= before):
+                events.append({"frame": k, "direction": "in" if y > before else "out", "id": o["id"]})
+            previous[o["id"]] = y
+    return events
+
+
+def match_crossings(counted, events, truth, frames: int = 6, min_iou: float = 0.1) -> dict:
+    """Counted crossings paired one to one with true ones: same direction, at most ``frames``
+    apart, the counted box overlapping the true vehicle's box in the counted frame by ``min_iou``
+    (best overlap first). ``missed``: true crossings left unpaired; ``extra``: counted ones left
+    unpaired (a vehicle counted twice, or a count with no vehicle)."""
+    pairs = []
+    for i, c in enumerate(counted):
+        boxes = {o["id"]: o["box"] for o in truth[c["frame"] - 1]}
+        for j, e in enumerate(events):
+            if e["direction"] == c["direction"] and abs(e["frame"] - c["frame"]) <= frames and e["id"] in boxes:
+                overlap = iou(c["box"], boxes[e["id"]])
+                if overlap >= min_iou:
+                    pairs.append((overlap, i, j))
+    used_c, used_e = set(), set()
+    for _, i, j in sorted(pairs, reverse=True):
+        if i not in used_c and j not in used_e:
+            used_c.add(i)
+            used_e.add(j)
+    out = {}
+    for d in ("in", "out"):
+        out[d] = {"matched": sum(1 for i in used_c if counted[i]["direction"] == d),
+                  "missed": sum(1 for j, e in enumerate(events) if e["direction"] == d and j not in used_e),
+                  "extra": sum(1 for i, c in enumerate(counted) if c["direction"] == d and i not in used_c)}
+    return out
+
+
 def speed_scores(crossings, truth, speed_of: dict, crossed: dict) -> dict:
     errors, measured = {"in": [], "out": []}, {"in": [], "out": []}
     for c in crossings:
@@ -293,25 +333,30 @@ def run_seed(seed: int, args) -> dict:
     speed_of = {o["id"]: lanes[o["lane"]][1] for objs in truth for o in objs}  # a vehicle keeps its lane's speed
     line_y = args.line * args.height
     crossed = true_crossings(truth, line_y, args.skip)
+    events = true_crossing_events(truth, line_y, args.skip)
     analytics_config = {"lines": {"road": [[0.0, args.line], [1.0, args.line]]},
                         "calibration": gen.calibration(), "bin_s": 60.0}
     result = {"seed": seed, "frames": args.frames, "dehazed_share": round(float(np.mean(dehazed)), 3),
               "detect_s": round(detect_s, 1),
               "truth": {d: len(v) for d, v in crossed.items()}, "lane_speeds_kmh": [[d, round(s, 2)] for d, s in lanes],
               "trackers": {}}
-    variants = [(t, mo, sp) for t in args.trackers for mo in args.max_occluded for sp in args.split]
-    for tracker, max_occluded, split in variants:
+    variants = [(t, mo, sp, bv) for t in args.trackers for mo in args.max_occluded for sp in args.split
+                for bv in args.blobs]
+    for tracker, max_occluded, split, extra in variants:
         blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded, "min_age": args.min_age}
         if split == "off":
             blob_values.update(split_growth=0, split_width=0)
+        blob_values.update(json.loads(extra))
         hyps, crossings, totals, t_frame = track(masks, tracker, analytics_config, stream, blob_values)
         counted = [c for c in crossings if c["frame"] > args.skip]
         name = tracker if len(args.max_occluded) == 1 else f"{tracker}/occluded{max_occluded}"
         name = name if len(args.split) == 1 else f"{name}/split-{split}"
+        name = name if len(args.blobs) == 1 else f"{name}/{extra}"
         result["trackers"][name] = {
             "mot": mot_scores(truth[args.skip:], hyps[args.skip:], args.min_area),
             "counts": {d: sum(c["direction"] == d for c in counted) for d in ("in", "out")},
             "counts_all_frames": totals["road"],
+            "crossings_matched": match_crossings(counted, events, truth),
             "speed": speed_scores(counted, truth, speed_of, crossed),
             "analytics_ms_per_frame": round(1000 * t_frame, 3),
         }
@@ -337,6 +382,9 @@ def main(argv=None) -> int:
     p.add_argument("--split", nargs="+", choices=("on", "off"), default=["on"],
                    help="the blob stage's split rules (split_growth, split_width) at their defaults, or off; "
                         "both are run on the same masks when both are given")
+    p.add_argument("--blobs", nargs="+", default=["{}"],
+                   help="JSON of blob settings over the defaults, e.g. '{\"max_reverse\": 0}'; several are "
+                        "each run on the same masks")
     p.add_argument("--skip", type=int, default=50,
                    help="frames left out of every score at the start (MSFgNet's window fills, tracks start)")
     p.add_argument("--cache", default=None,

@@ -22,6 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from pipeline.analytics.counting import anchors_of
 from pipeline.analytics.geometry import parse_zones
 from pipeline.analytics.split import MAX_SIDE_BY_SIDE, RowWidths, box_of, cut_grown, cut_side_by_side
 from pipeline.errors import ConfigError, StageError
@@ -42,15 +43,31 @@ class BoxTracker:
     box for up to ``max_occluded`` frames (or until that prediction leaves every blob), and is
     reported with the visible objects, flagged, so a line it crosses meanwhile counts it. When the
     blobs part again, the prediction is what picks its box back up.
+
+    Vehicles on a road do not turn round: once a track's ground point (its box's bottom centre) has
+    travelled its own size (its box's longer side, at least ``TRAVEL_PX``) from where it was first
+    seen clear of the picture's border (a box that the border cuts is no ground point), the direction from there
+    to the furthest point it reached is its *heading*, and a box that would put the ground point more
+    than ``max_reverse`` times the track's height (at least ``REVERSE_PX``) behind that furthest
+    point, along the heading, is refused; a track whose best box is refused so has lost its vehicle
+    and ends. Without this a receding track near the horizon, a few pixels big there, took over an
+    approaching vehicle and its crossing was never counted. Boxes whose size jumps by more than 30 %
+    (merged, split, regained) are not checked, and the furthest point restarts at them.
     """
 
+    #: the least travel, pixels, that gives a track a heading
+    TRAVEL_PX = 10.0
+    #: the least distance, pixels, behind its furthest point that counts as turning round
+    REVERSE_PX = 3.0
+
     def __init__(self, match_iou: float, match_distance: float, max_missed: int,
-                 max_occluded: int = 0, min_age: int = 3):
+                 max_occluded: int = 0, min_age: int = 3, max_reverse: float = 0.0):
         self.match_iou = match_iou
         self.match_distance = match_distance
         self.max_missed = max_missed
         self.max_occluded = max_occluded
         self.min_age = min_age
+        self.max_reverse = max_reverse
         self._boxes = np.zeros((0, 4), np.float64)   # x, y, w, h of live tracks
         self._ids: list[int] = []
         self._missed: list[int] = []
@@ -58,62 +75,98 @@ class BoxTracker:
         self._growth: list[float] = []                 # smoothed change of box size per frame (ratio)
         self._age: list[int] = []                      # frames matched
         self._occluded: list[int] = []                 # frames carried inside another's blob
+        self._origin_l: list[tuple[float, float]] = []   # first ground point clear of the border
+        self._heading_l: list[tuple[float, float]] = []  # unit direction of travel, (0, 0) until known
+        self._front_l: list[tuple[float, float]] = []    # furthest ground point since a jump (nan: none)
+        self._heading = np.zeros((0, 2), np.float64)     # the same two as arrays, for the matcher
+        self._front = np.zeros((0, 2), np.float64)
         self._next_id = 1
         self.occluded: list[tuple[int, list[float]]] = []  # (id, predicted box) after the last update
         self.steady: list[int] = []  # indices of the last update's boxes whose track kept a steady size
 
-    def update(self, boxes: np.ndarray) -> list[int]:
+    def update(self, boxes: np.ndarray, size: "tuple[int, int] | None" = None) -> list[int]:
         """Ids for ``boxes`` (Nx4 x,y,w,h), continuing tracks where they match; the occluded
-        tracks of this frame are left in ``self.occluded``."""
+        tracks of this frame are left in ``self.occluded``. ``size`` (width, height) of the frame
+        tells which boxes the border cuts: their bottom centre is not where the vehicle touches the
+        road, so they neither give nor test a heading."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        clear = np.ones(len(boxes), bool)
+        if size is not None:
+            clear = ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 0] + boxes[:, 2] < size[0])
+                     & (boxes[:, 1] + boxes[:, 3] < size[1]))
+        grounds = anchors_of(boxes)  # where each vehicle touches the road
+        ground_list = [(float(x), float(y)) for x, y in grounds.tolist()]
         ids = [0] * len(boxes)
         matched: dict[int, int] = {}
-        for t, b in self._greedy_pairs(boxes):
+        pairs, turned = self._greedy_pairs(boxes, clear, grounds)
+        for t, b in pairs:
             ids[b] = self._ids[t]
             matched[t] = b
         taken = np.array([boxes[b] for b in matched.values()], np.float64).reshape(-1, 4)
-        out = {"box": [], "id": [], "missed": [], "vel": [], "age": [], "occ": [], "growth": []}
+        out = {"box": [], "id": [], "missed": [], "vel": [], "age": [], "occ": [], "growth": [],
+               "origin": [], "heading": [], "front": []}
 
-        def keep(box, track_id, missed, vel, age, occ, growth=1.0):
-            for key, v in zip(out, (box, track_id, missed, vel, age, occ, growth)):
+        def keep(box, track_id, missed, vel, age, occ, growth=1.0, origin=(math.nan, math.nan),
+                 heading=(0.0, 0.0), front=(math.nan, math.nan)):
+            for key, v in zip(out, (box, track_id, missed, vel, age, occ, growth, origin, heading, front)):
                 out[key].append(v)
 
         self.occluded = []
         self.steady = []
         for t in range(len(self._ids)):
             box, vel, growth = self._boxes[t], self._velocity[t], self._growth[t]
+            origin, heading, front = self._origin_l[t], self._heading_l[t], self._front_l[t]
             if t in matched:
                 new = boxes[matched[t]]
                 step = (new[:2] + new[2:] / 2) - (box[:2] + box[2:] / 2)
                 (bw, bh), (nw, nh) = box[2:].tolist(), new[2:].tolist()
-                if self._occluded[t] == 0 and abs(nw - bw) <= 0.3 * bw and abs(nh - bh) <= 0.3 * bh:
+                steady = self._occluded[t] == 0 and abs(nw - bw) <= 0.3 * bw and abs(nh - bh) <= 0.3 * bh
+                if steady:
                     # a box that merged, split or was regained jumps: no motion update then
                     ratio = math.sqrt(nw * nh / (bw * bh))
                     vel = 0.5 * vel + 0.5 * step if self._age[t] > 1 else step
                     growth = 0.5 * growth + 0.5 * ratio if self._age[t] > 1 else ratio
                     if self._age[t] >= self.min_age:
                         self.steady.append(matched[t])
-                keep(new, self._ids[t], 0, vel, self._age[t] + 1, 0, growth)
+                # plain floats: a few of these per track and frame cost less than numpy calls
+                (gx, gy), (hx, hy), (fx, fy) = ground_list[matched[t]], heading, front
+                if not clear[matched[t]]:
+                    front = (math.nan, math.nan)  # cut by the border: the next clear box restarts it
+                elif math.isnan(origin[0]):
+                    origin = front = (gx, gy)
+                elif (hx == hy == 0.0) or not steady or math.isnan(fx) or (gx - fx) * hx + (gy - fy) * hy > 0:
+                    front = (gx, gy)  # a new furthest point, or a jump restarts it
+                    travel = math.hypot(gx - origin[0], gy - origin[1])
+                    if travel >= max(self.TRAVEL_PX, nw, nh):
+                        heading = ((gx - origin[0]) / travel, (gy - origin[1]) / travel)
+                keep(new, self._ids[t], 0, vel, self._age[t] + 1, 0, growth, origin, heading, front)
                 continue
+            if turned[t]:
+                continue  # its vehicle went on and what it found is going the other way: it ends
             predicted = box.copy()
             predicted[:2] += vel
             if (self.max_occluded and self._age[t] >= self.min_age and self._occluded[t] < self.max_occluded
                     and _inside_any(predicted, taken)):
-                keep(predicted, self._ids[t], self._missed[t], vel, self._age[t], self._occluded[t] + 1, growth)
+                keep(predicted, self._ids[t], self._missed[t], vel, self._age[t], self._occluded[t] + 1, growth,
+                     origin, heading)
                 self.occluded.append((self._ids[t], [float(v) for v in predicted]))
             elif self._occluded[t] == 0 and self._missed[t] < self.max_missed:
                 # keep unmatched tracks a few frames (mask dropout); an occluded one whose
                 # prediction left every blob ends here, so it cannot take a stranger's box later
-                keep(box, self._ids[t], self._missed[t] + 1, vel, self._age[t], 0, growth)
+                keep(box, self._ids[t], self._missed[t] + 1, vel, self._age[t], 0, growth, origin, heading, front)
         for b, box in enumerate(boxes):
             if not ids[b]:
                 ids[b] = self._next_id
                 self._next_id += 1
-                keep(box, ids[b], 0, np.zeros(2), 1, 0)
+                ground = ground_list[b] if clear[b] else (math.nan, math.nan)
+                keep(box, ids[b], 0, np.zeros(2), 1, 0, 1.0, ground, (0.0, 0.0), ground)
         self._boxes = np.array(out["box"], np.float64).reshape(-1, 4)
         self._velocity = np.array(out["vel"], np.float64).reshape(-1, 2)
         self._ids, self._missed, self._age, self._occluded = out["id"], out["missed"], out["age"], out["occ"]
         self._growth = out["growth"]
+        self._origin_l, self._heading_l, self._front_l = out["origin"], out["heading"], out["front"]
+        self._heading = np.array(self._heading_l, np.float64).reshape(-1, 2)
+        self._front = np.array(self._front_l, np.float64).reshape(-1, 2)
         return ids
 
     def predictions(self, width: int, height: int) -> np.ndarray:
@@ -131,13 +184,21 @@ class BoxTracker:
         centre = b[sure, :2] + b[sure, 2:] / 2 + self._velocity[sure]
         return np.concatenate((centre - size / 2, size), axis=1)
 
-    def _greedy_pairs(self, boxes: np.ndarray) -> list[tuple[int, int]]:
+    def _greedy_pairs(self, boxes: np.ndarray, clear: np.ndarray,
+                      grounds: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """(track, box) pairs, best score first, and per track whether its best box was refused
+        because it lies back against the track's heading."""
+        turned = np.zeros(len(self._ids), bool)
         if not len(boxes) or not len(self._ids):
-            return []
+            return [], turned
         score = self._match_scores(self._boxes, np.asarray(boxes, np.float64))
         hidden = np.asarray(self._occluded) > 0
         if hidden.any():  # an occluded track comes back only on a box overlapping its prediction
             score[hidden] = np.where(score[hidden] >= self.match_iou, score[hidden], 0.0)
+        if self.max_reverse:
+            back = self._reversed(boxes, grounds) & clear[None, :]
+            turned = back[np.arange(len(score)), np.argmax(score, axis=1)] & (score.max(axis=1) > 0)
+            score[back] = 0.0
         pairs, used_t, used_b = [], set(), set()
         for flat in np.argsort(-score, axis=None):
             t, b = divmod(int(flat), score.shape[1])
@@ -145,7 +206,20 @@ class BoxTracker:
                 break
             if t not in used_t and b not in used_b:
                 pairs.append((t, b)); used_t.add(t); used_b.add(b)
-        return pairs
+        return pairs, turned
+
+    def _reversed(self, boxes: np.ndarray, grounds: np.ndarray) -> np.ndarray:
+        """tracks x boxes: the box would take the track's ground point back against its heading, more
+        than ``max_reverse`` times its height behind the furthest point it reached, with a steady size."""
+        known = self._heading.any(axis=1) & (np.asarray(self._occluded) == 0) & ~np.isnan(self._front[:, 0])
+        if not known.any():
+            return np.zeros((len(self._ids), len(boxes)), bool)
+        back = ((self._front[:, None, 0] - grounds[None, :, 0]) * self._heading[:, None, 0]
+                + (self._front[:, None, 1] - grounds[None, :, 1]) * self._heading[:, None, 1])
+        allowed = np.maximum(self.REVERSE_PX, self.max_reverse * self._boxes[:, 3])[:, None]
+        size, new = self._boxes[:, None, 2:], boxes[None, :, 2:]
+        steady = (np.abs(new - size) <= 0.3 * size).all(axis=-1)
+        return known[:, None] & steady & (back > allowed)  # a front not known (nan) compares False
 
     def _match_scores(self, tracks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """IoU where it passes ``match_iou``; else a small score for near centroids; else 0."""
@@ -200,6 +274,9 @@ class BlobStage(Stage):
         split_growth: float = 1.8
         # cut a blob this many times as wide as one vehicle at its bottom row, side by side (0 = off)
         split_width: float = 2.2
+        # refuse a box that takes a track back against its heading by more than this many times
+        # its height (vehicles do not turn round; 0 = off)
+        max_reverse: float = 0.5
 
         def __post_init__(self):
             if self.merge_gap < 0:
@@ -217,6 +294,8 @@ class BlobStage(Stage):
                 value = getattr(self, key)
                 if not (value == 0 or value > 1) or not np.isfinite(value):
                     raise ConfigError(f"stages.blobs.{key}", f"must be 0 (off) or > 1, got {value}")
+            if not self.max_reverse >= 0 or not np.isfinite(self.max_reverse):
+                raise ConfigError("stages.blobs.max_reverse", f"must be >= 0 (0 = off), got {self.max_reverse}")
             if self.max_occluded < 0:
                 raise ConfigError("stages.blobs.max_occluded", f"must be >= 0, got {self.max_occluded}")
             if self.min_age < 1:
@@ -247,7 +326,7 @@ class BlobStage(Stage):
             tracker = self._tracker(frame.stream)
             widths = self._row_widths(frame.stream, mask.shape[0])
             boxes, areas, cut = self._components(mask, tracker, widths)
-            ids = tracker.update(boxes)
+            ids = tracker.update(boxes, (mask.shape[1], mask.shape[0]))
             self._learn_widths(widths, boxes, cut, tracker.steady, mask.shape)
             frame.data["objects"] = [
                 {"box": [int(v) for v in box], "area": int(area), "track": int(i)}
@@ -405,7 +484,7 @@ class BlobStage(Stage):
         if tracker is None:
             c = self.config
             tracker = self._trackers[stream] = BoxTracker(c.match_iou, c.match_distance, c.max_missed,
-                                                          c.max_occluded, c.min_age)
+                                                          c.max_occluded, c.min_age, c.max_reverse)
         return tracker
 
     def _count(self, boxes: np.ndarray, shape: tuple[int, ...]) -> dict[str, int]:
