@@ -64,6 +64,7 @@ MODES = ("auto", "off")
 EST_WIDTH = 320          # registration runs on a grey copy at most this wide
 DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner further is not applied
 MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is seen
+MARGIN = 0.05            # MOG2/KNN: the model's canvas extends this share of the width beyond its frame
 MISFIT_GREY = 12         # grey levels: a registered pixel differing more from the reference misfits
 STAY_SHARE = 0.75
 SNAP = 0.25              # registered pixels: a fit moving no frame corner further from the last estimate keeps it
@@ -254,7 +255,7 @@ class Stabilizer:
         src, dst = pts[found], moved[found]
         near = np.linalg.norm(dst.reshape(-1, 2) - start[found].reshape(-1, 2), axis=1)
         stayed = int((near <= self.s.ransac_px / 2).sum())   # tracks the last estimate still explains
-        best, best_n, best_misfit = None, 0, math.inf
+        candidates: list[tuple[np.ndarray, int]] = []
         for _ in range(2):   # the largest consistent group, then the largest among the rest
             if len(src) < self.s.min_inliers:
                 break
@@ -264,24 +265,27 @@ class Stabilizer:
             if m is None:
                 break
             inliers = inliers.reshape(-1).astype(bool)
-            n = int(inliers.sum())
-            for m, n in ((_as3(m), n), self._shift(src, dst, inliers)):
+            for m, n in ((_as3(m), int(inliers.sum())), self._shift(src, dst, inliers)):
                 if n < self.s.min_inliers or not self._plausible(m, g):
                     continue
                 if displacement(m @ np.linalg.inv(g), small.shape[::-1]) <= SNAP:
                     m = g   # within the noise of the last estimate: keep it, so renewals do not chain noise
-                misfit = _misfit(anchor, small, m)
-                if misfit < best_misfit:   # the one that brings more of the reference onto the frame
-                    best, best_n, best_misfit = m, n, misfit
+                candidates.append((m, n))
             src, dst = src[~inliers], dst[~inliers]
-        if stayed >= max(self.s.min_inliers, STAY_SHARE * best_n):
+        most = max((n for _, n in candidates), default=0)
+        if stayed >= max(self.s.min_inliers, STAY_SHARE * most):
             # enough corners are exactly where the last estimate puts them: the camera has not moved
             # since (a real move, even of one pixel, moves every scene corner away). Whatever else
             # moved is vehicles: in a scene with little texture they can form the largest
             # consistent group of tracks (oncoming vehicles fit a zoom)
             return g, stayed / len(pts)
+        if not candidates:
+            return None, most / len(pts)
+        best, best_n = candidates[0]
+        if len(candidates) > 1:   # the one that brings more of the reference onto the frame
+            best, best_n = min(candidates, key=lambda c: _misfit(anchor, small, c[0]))
         confidence = best_n / len(pts)
-        if best is None or confidence < self.s.min_confidence:
+        if confidence < self.s.min_confidence:
             return None, confidence
         return best, confidence
 
@@ -310,17 +314,20 @@ class Stabilizer:
 
 def _misfit(reference: np.ndarray, small: np.ndarray, m: np.ndarray) -> float:
     """Fraction of the pixels that ``m`` (3x3) brings from ``reference`` which differ from ``small`` by
-    more than ``MISFIT_GREY`` grey levels (a count, so a few large differences on vehicles weigh no
-    more than the many small ones of a misplaced background)."""
+    more than ``MISFIT_GREY`` grey levels after matching the mean brightness (a count, so a few large
+    differences on vehicles weigh no more than the many small ones of a misplaced background, and a
+    global change of light is no misfit). Every other row and column."""
     h, w = small.shape
-    warped = cv2.warpAffine(reference, m[:2], (w, h), flags=cv2.INTER_LINEAR,
+    half = np.diag([0.5, 0.5, 1.0]) @ m   # the warp sampled at the even pixels of ``small``
+    size = ((w + 1) // 2, (h + 1) // 2)
+    warped = cv2.warpAffine(reference, half[:2], size, flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    seen = cv2.warpAffine(np.ones_like(reference), m[:2], (w, h), flags=cv2.INTER_NEAREST,
+    seen = cv2.warpAffine(np.ones_like(reference), half[:2], size, flags=cv2.INTER_NEAREST,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     if not seen.any():
         return math.inf
-    a, b = warped[seen].astype(np.float32), small[seen].astype(np.float32)
-    a *= b.mean() / max(float(a.mean()), 1.0)   # a global change of light is not a misfit
+    a, b = warped[seen].astype(np.float32), small[::2, ::2][seen].astype(np.float32)
+    a *= b.mean() / max(float(a.mean()), 1.0)
     return float((np.abs(a - b) > MISFIT_GREY).mean())
 
 
@@ -352,6 +359,13 @@ class ModelFrame:
     reused between frames) and whether the model must be started afresh;
     ``from_model(mask)`` brings its mask back to the frame, 0 where unknown.
     ``k``: input pixels per registered pixel.
+
+    The canvas is the model's frame plus a margin of ``MARGIN`` times the width on
+    every side (first filled by repeating the edge of the model's first frame), so a
+    shaken frame still lands inside it and its edge pixels get a mask: without the
+    margin every pixel that the shake had moved out of the model's frame came back as
+    background, and on the synthetic `jitter` family (up to 8 px between two frames)
+    MOG2 lost more true foreground along the edges than compensation gained inside.
     """
 
     def __init__(self):
@@ -359,12 +373,14 @@ class ModelFrame:
         self._origin = None     # pose of the model's first frame (registration pixels)
         self._last = None       # frame -> model map of the last reliable frame (input pixels)
         self._canvas = None
-        self._inverse = None    # model -> frame map of the current frame, None = identity
+        self._pad = 0           # margin of the canvas, input pixels
+        self._shape = None      # shape of the input frames
+        self._inverse = None    # canvas -> frame map of the current frame, None = the canvas's centre
         self._mask = None
 
     def to_model(self, image: np.ndarray, motion: Motion, k: float) -> tuple[np.ndarray, bool]:
         h, w = image.shape[:2]
-        fresh = self._canvas is None or self._canvas.shape != image.shape
+        fresh = self._canvas is None or self._shape != image.shape
         if not fresh and motion.pose is not None:
             if motion.epoch != self._epoch:
                 # registration was lost and found again: no relation to the old frames is known, so
@@ -378,26 +394,32 @@ class ModelFrame:
                     fresh = True
                 else:
                     self._last = m
+        p = self._pad
         if fresh:
             self._epoch = motion.epoch if motion.pose is not None else None
             self._origin = motion.pose
             self._last = np.eye(3)
-            self._canvas = image.copy()
+            self._shape = image.shape
+            p = self._pad = max(1, round(MARGIN * w))
+            self._canvas = cv2.copyMakeBorder(image, p, p, p, p, cv2.BORDER_REPLICATE)
             self._inverse = None
             return self._canvas, True
         m = self._last
         if displacement(m, (w, h)) <= DEAD_BAND * k:
-            np.copyto(self._canvas, image)
+            np.copyto(self._canvas[p:p + h, p:p + w], image)
             self._inverse = None
         else:
-            warp_into(image, m, self._canvas)
-            self._inverse = np.linalg.inv(m)
+            into = m.copy()
+            into[:2, 2] += p   # the model's frame sits at (p, p) in the canvas
+            warp_into(image, into, self._canvas)
+            self._inverse = np.linalg.inv(into)
         return self._canvas, False
 
     def from_model(self, mask: np.ndarray) -> np.ndarray:
+        h, w = self._shape[:2]
+        p = self._pad
         if self._inverse is None:
-            return mask
-        h, w = mask.shape[:2]
+            return mask[p:p + h, p:p + w]
         return cv2.warpAffine(mask, self._inverse[:2], (w, h), flags=cv2.INTER_NEAREST,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
