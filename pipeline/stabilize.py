@@ -11,11 +11,15 @@ into it before the background model compares them:
   started from the previous frame's estimate so a slow drift stays small), and
   a similarity (shift, rotation, uniform scale) is fitted to the tracks with
   RANSAC (``cv2.estimateAffinePartial2D``), so corners on moving vehicles are
-  outliers. It runs on a grey copy at most 320 pixels wide. A fit that moves
-  away from the last estimate is taken only if it explains more tracks and
-  brings the reference nearer the frame (fewer differing pixels) than the last
-  estimate does: in a scene with little texture the largest consistent group
-  of corners can be vehicles coming towards a still camera (issue 12).
+  outliers. It runs on a grey copy at most 320 pixels wide. In a scene with
+  little texture the largest consistent group of corners can be vehicles
+  (issue 12), so: when enough corners are still exactly where the last
+  estimate puts them the camera has not moved and that estimate is kept;
+  otherwise the two largest groups of tracks and the plain shift of each are
+  candidates, and the one that brings the reference nearest the frame (fewest
+  differing pixels) wins. A renewal registers the frame directly against the
+  epoch's first reference and goes back to it when it still registers well,
+  so a still or shaking camera accumulates no error over renewals.
 * **Pose**: each frame gets ``pose``, the 3x3 map from the coordinates of its
   *epoch* (the first reference of an unbroken run of registrations) to its own
   pixels. Two frames of one epoch are related by ``pose_t @ inv(pose_i)``; the
@@ -43,9 +47,10 @@ How each model uses it:
   nearer the current one is dropped (never worse than no compensation).
 * MOG2 / KNN (:class:`ModelFrame`): OpenCV's models live in fixed pixel
   coordinates, so the roles are reversed: each frame is warped into the
-  coordinates of the frame the model started at, onto a canvas that keeps
-  the last values where the current frame has none, and the mask is warped
-  back; pixels that fall outside the model's frame are unknown (mask 0). The
+  coordinates of the frame the model started at, onto a canvas (that frame
+  plus a margin) that keeps the last values where the current frame has none,
+  and the mask is warped back; pixels that fall outside the canvas are unknown
+  (mask 0). The
   model is started afresh when the camera has drifted so far that less than
   ``MIN_OVERLAP`` of the model's frame is still seen; at a new epoch it carries
   on from the new reference as it would without compensation.
