@@ -228,7 +228,7 @@ class Graph:
         names = [n.name for n in self.nodes] + ["sinks"]
         self._queues = [FrameQueue(self.queue_size, name=n, live_streams=live) for n in names]
         # segments follow the input (RTSP or `live: true`), not the queue policy
-        live_inputs = {s.name: self.live_override.get(s.name, bool(getattr(s, "is_live", False))) for s in self._sources}
+        live_inputs = {s.name: self._input_is_live(s) for s in self._sources}
         outputs = {name: StreamOutputs(self.output, name, self.outputs_config, s.fps_hint, live=live_inputs[name])
                    for name, s in self.streams.items()}
         self._outputs = outputs
@@ -270,14 +270,24 @@ class Graph:
                 name, k = f"{base}-{k}", k + 1
             seen.add(name)
             source.name = name
-            live = self.live_override.get(name, bool(getattr(source, "is_live", False)))
+            live = self._input_is_live(source)
             if self.policy == "block":
                 live = False
             elif self.policy == "drop_oldest":
                 live = True
             fps = getattr(source, "fps", None) or 25.0
             self.observer.add_stream(name, getattr(source, "uri_masked", name), live, float(fps), source,
-                                     self.stall_timeout_s.get(name))
+                                     self._input_setting(source, "stall_timeout_s", self.stall_timeout_s))
+
+    def _input_setting(self, source, key: str, by_name: dict):
+        """A per-input setting: the one the source carries (``commands.run.open_sources`` puts it there,
+        so it follows the input when the graph renames a duplicate name), else ``by_name[stream]``."""
+        value = getattr(source, key, None)
+        return by_name.get(source.name) if value is None else value
+
+    def _input_is_live(self, source) -> bool:
+        live = self._input_setting(source, "live_override", self.live_override)
+        return bool(getattr(source, "is_live", False)) if live is None else bool(live)
 
     def _wait_ready(self, ready) -> bool:
         """Wait until every stage's setup ran; False if one failed (the error is recorded)."""
@@ -396,7 +406,8 @@ class Graph:
     def _call(self, node: StageNode, frames: list) -> Sequence[Frame]:
         t = time.perf_counter()
         result = node.stage.process(frames)
-        self.observer.stage_call(node.name, time.perf_counter() - t, len(frames))
+        self.observer.stage_call(node.name, time.perf_counter() - t, len(frames), [f.stream for f in frames],
+                                 getattr(node.stage, "engine_info", None))
         return frames if result is None else result
 
     def _sink_worker(self, q_in: FrameQueue, outputs: dict) -> None:

@@ -98,6 +98,32 @@ def test_bins_give_counts_occupancy_queue_and_dwell():
     assert summary["bins"][1]["haze_score"] == pytest.approx(0.6)
 
 
+def test_a_capped_table_folds_old_bins_into_totals_that_match_the_whole_run():
+    """A camera's whole-run table keeps max_bins bins; its totals still count every bin."""
+    rng = np.random.default_rng(3)
+    full = BinTable("cam", bin_s=1.0, lines=["road"], zones=["queue"])
+    capped = BinTable("cam", bin_s=1.0, lines=["road"], zones=["queue"], max_bins=3)
+    for k in range(200):  # 10 frames/s for 20 s: 20 bins
+        t = k / 10
+        members = [int(m) for m in rng.choice(6, size=rng.integers(0, 4), replace=False)]
+        crossings = ([{"line": "road", "direction": ("in", "out")[k % 2], "track": k, "t": t,
+                       "speed_kmh": float(40 + k % 30)}] if k % 7 == 0 else [])
+        result = {"crossings": crossings, "late_speeds": [], "zones": {"queue": members},
+                  "speeds": {m: 30.0 + m for m in members}}
+        for table in (full, capped):
+            table.add(t, result, haze_score=0.1 * (k % 5), dehazed=k % 3 == 0)
+    for table in (full, capped):
+        table.close()
+    assert len(full.bins) == 20 and len(capped.bins) == 3 and capped.folded.bins == 17
+    a, b = full.summary(), capped.summary()
+    for direction in ("in", "out"):
+        assert b["lines"]["road"][direction] == a["lines"]["road"][direction] > 0
+    assert b["lines"]["road"]["speed_histogram_in"] == a["lines"]["road"]["speed_histogram_in"]
+    for key in ("entered", "occupancy", "mean_queue", "max_queue", "mean_dwell_s"):
+        assert b["zones"]["queue"][key] == a["zones"]["queue"][key], key
+    assert b["bins"] == a["bins"][-3:] and b["rows"] == full.rows()[-9:]  # 3 bins x (2 directions + 1 zone)
+
+
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("section, key, fragment", [
     ({"lines": {"road": [[0, 0.5]]}}, "stages.analytics.lines.road", "expected 2 points"),

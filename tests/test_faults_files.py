@@ -90,3 +90,34 @@ def test_truncated_mp4_keeps_the_frames_before_the_fault(tmp_path, capfd, segmen
             total += n
         assert total == done and len(list((folder / "events").iterdir())) == -(-done // 25)
 
+
+
+def test_unreadable_inputs_do_not_stop_the_readable_ones(tmp_path, capfd):
+    good = encode_mp4(tmp_path / "good.mp4", 30)
+    other = encode_mp4(tmp_path / "other.mp4", 20)
+    broken = cut(encode_mp4(tmp_path / "whole.mp4", 75, movflags="+faststart"), 0.6, "broken.mp4")  # fails mid-file
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(os.urandom(32 * 1024))
+    missing = tmp_path / "missing.mp4"
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"inputs: ['{good}', '{noise}', '{broken}', '{missing}', '{other}']\noutput: {out}\n"
+                      f"{CHEAP_STAGES}outputs: {{preview: false}}\n")
+    status = cli.main(["run", str(config), "--no-progress"])
+    err = capfd.readouterr().err
+    assert status != 0 and "Traceback" not in err
+    lines = [x for x in err.strip().splitlines() if not LOG_LINE.match(x)]
+    assert len(lines) == 3, err  # one line per bad input: those that did not open, then the one that broke
+    assert lines[0].startswith(f"hazeflow: error: {noise}: ") and "cannot open as video" in lines[0], err
+    assert lines[1].startswith(f"hazeflow: error: {missing}: ") and "no such file" in lines[1], err
+    assert lines[2].startswith(f"hazeflow: error: {broken}: ") and "truncated or corrupt" in lines[2], err
+    for name, frames in (("good", 30), ("other", 20)):  # nothing lost for the good ones
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["frames"]["processed"] == frames and summary["errors"] == []
+        assert count_frames(out / name / "dehazed.mp4") == frames
+        assert len((out / name / "events.jsonl").read_text().splitlines()) == frames
+    done = json.loads((out / "broken" / "summary.json").read_text())["frames"]["processed"]
+    assert 0 < done < 75 and count_frames(out / "broken" / "dehazed.mp4") == done  # kept up to the fault
+    run = json.loads((out / "summary.json").read_text())
+    assert [f["where"] for f in run["failed_inputs"]] == [str(noise), str(missing)]
+    assert sorted(run["streams"]) == ["broken", "good", "other"] and not (out / "noise").exists()

@@ -117,9 +117,11 @@ def test_server_killed_and_restarted_ten_times_and_a_resolution_change(tmp_path)
 def test_paused_server_is_a_stall_detected_within_the_timeout_then_resumes(tmp_path):
     server = RtspServer(fps=25, size="160x120").start()
     source = open_source(server.url, name="cam", **FAST)
-    g = graph(tmp_path, [StageNode(MaskStage(), "testmask")], outputs=NO_VIDEO, stall_timeout_s={"cam": 1.5})
+    segmented = OutputsConfig(masks=False, preview=False, segment_s=1)
+    g = graph(tmp_path, [StageNode(MaskStage(), "testmask")], outputs=segmented, stall_timeout_s={"cam": 1.5})
     run = Running(g, [source])
     stats = g.observer.streams
+    folder = tmp_path / "out" / "cam"
     try:
         wait_for(lambda: run.frames_in("cam") >= 10, 20)
         server.pause()
@@ -127,6 +129,11 @@ def test_paused_server_is_a_stall_detected_within_the_timeout_then_resumes(tmp_p
         wait_for(lambda: stats["cam"].stalls == 1, 10)
         t_stall = time.monotonic()
         silent = t_stall - stats["cam"].stalled_since  # from the last frame read
+        # the open 1 s segment does not wait for the camera: closed and renamed on time, whole
+        wait_for(lambda: not list(folder.rglob("*.open*")), 2.5)
+        closed_on_time = time.monotonic() - stats["cam"].stalled_since
+        for events in sorted((folder / "events").glob("*.jsonl")):
+            assert count_frames(folder / "dehazed" / f"{events.stem}.mp4") == len(events.read_text().splitlines())
         time.sleep(max(0.0, 3.0 - (time.monotonic() - t_pause)))
         at = run.frames_in("cam")
         server.resume()
@@ -139,8 +146,9 @@ def test_paused_server_is_a_stall_detected_within_the_timeout_then_resumes(tmp_p
     # counted once the camera was silent for its timeout; the watchdog looks every 0.25 s
     assert 1.5 <= silent <= 1.5 + 0.5, silent
     assert "disconnect" in [e["kind"] for e in s["source_events"]]
+    assert video_frames(folder) == s["frames"]["processed"] and not list(folder.rglob("*.open*"))
     record("server paused (SIGSTOP) 3 s", stall_timeout_s=1.5, last_frame_to_stall_s=silent,
-           pause_to_stall_s=t_stall - t_pause, resume_to_frames_s=back)
+           pause_to_stall_s=t_stall - t_pause, resume_to_frames_s=back, last_frame_to_segment_closed_s=closed_on_time)
 
 
 @pytest.mark.parametrize("fault", ["refused port", "wrong path", "wrong credentials"])

@@ -314,3 +314,83 @@ def test_a_flooding_camera_does_not_take_its_neighbours_frames(tmp_path):
     # dropping the oldest frame of any stream cost them 11-24 of their 80 frames in four trials
     calm_dropped = sum(report.streams[n]["frames"]["dropped"] for n in "ab")
     assert calm_dropped <= 2 and all(report.streams[n]["frames"]["in"] == 40 for n in "ab"), report.streams
+
+
+def test_two_inputs_with_one_name_keep_their_own_stall_timeout_and_live(tmp_path):
+    from pipeline.commands.run import graph_for, open_sources
+
+    uri = "synthetic:traffic?size=96x64&frames=5&seed={}"
+    config = config_from_dict({
+        "inputs": [{"uri": uri.format(1), "name": "cam", "stall_timeout_s": 2, "live": True},
+                   {"uri": uri.format(2), "name": "cam", "stall_timeout_s": 7, "live": False},
+                   {"uri": uri.format(3), "name": "cam"}],
+        "output": str(tmp_path / "out"), "stages": [{"mog2": {}}, {"blobs": {}}],
+        "outputs": {"preview": False, "masks": False, "dehazed_video": False}})
+    sources = open_sources(config)
+    g = graph_for(config, [StageNode(MaskStage(), "testmask")], sources)
+    report = g.run(sources)
+    # the graph renames the duplicates; each keeps its own input's settings, not the last "cam"'s
+    assert {n: s.stall_timeout_s for n, s in g.streams.items()} == {"cam": 2.0, "cam-2": 7.0, "cam-3": 10.0}
+    assert {n: s["live"] for n, s in report.streams.items()} == {"cam": True, "cam-2": False, "cam-3": False}
+    assert all(s["frames"]["in"] == 5 for s in report.streams.values())  # the live one may drop
+
+
+class FallbackStage(MaskStage):
+    """MaskStage whose engine falls back to another backend once it ran ``switch_at`` frames of every
+    stream in ``streams``, as a learned stage's engine_info would say."""
+
+    def __init__(self, switch_at, streams):
+        super().__init__()
+        self.switch_at, self.seen = switch_at, dict.fromkeys(streams, 0)
+        self.engine_info = {"backend": "tensorrt", "precision": "fp16", "device": "cuda", "chosen_by": "configured"}
+
+    def process(self, frames):
+        for f in frames:
+            self.seen[f.stream] += 1
+        if min(self.seen.values()) >= self.switch_at:
+            self.engine_info = {"backend": "onnxruntime", "precision": "fp32", "device": "cpu",
+                                "chosen_by": "auto (portable fallback: test)"}
+        return super().process(frames)
+
+
+def test_an_engine_change_is_one_info_line_per_stream(tmp_path, log_lines):
+    together = threading.Barrier(2)
+    # paced at 10 ms: both streams still have about 25 frames to go when the engine changes
+    sources = [ListSource(n, 30, interval=0.01, start=together) for n in ("a", "b")]
+    stage = FallbackStage(switch_at=5, streams="ab")
+    report = graph(tmp_path, [StageNode(stage, "testmask", batch=4)], outputs=NO_VIDEO).run(sources)
+    engine = [e for e in log_lines() if e["event"] == "engine"]
+    assert [e["level"] for e in engine] == ["INFO"] * 4, engine
+    for name in "ab":
+        mine = [e["message"] for e in engine if e["stream"] == name]
+        assert mine == [f"{name}: testmask runs on tensorrt fp16 cuda (configured)",
+                        f"{name}: testmask engine changed from tensorrt fp16 cuda to onnxruntime fp32 cpu "
+                        "(auto (portable fallback: test))"], engine
+        assert report.streams[name]["engines"] == {"testmask": "onnxruntime fp32 cpu"}
+
+
+def test_a_real_learned_stage_logs_its_engine_once_per_stream(tmp_path, log_lines):
+    from pipeline.stages.msfgnet import MsfgnetStage
+
+    stage = MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1))
+    sources = [ListSource(n, 6) for n in ("a", "b")]
+    report = graph(tmp_path, [StageNode(stage, "msfgnet", batch=2)], outputs=NO_VIDEO).run(sources)
+    assert report.error is None
+    engine = [e for e in log_lines() if e["event"] == "engine"]
+    assert sorted(e["stream"] for e in engine) == ["a", "b"]  # once each, not once per call
+    assert all(e["message"].endswith("msfgnet runs on onnxruntime fp32 cpu (configured)") for e in engine), engine
+    assert report.streams["a"]["engines"] == {"msfgnet": "onnxruntime fp32 cpu"}
+
+
+def test_an_input_that_cannot_be_opened_is_listed_and_not_ready(tmp_path):
+    from pipeline.errors import SourceError
+    from pipeline.observability import Observer
+
+    ob = Observer(tmp_path)
+    ob.input_failed(SourceError("rtsp://admin:secret@127.0.0.1:1/x", "cannot open rtsp://admin:secret@127.0.0.1:1/x"))
+    ob.start()
+    assert ob.readiness() == {"rtsp://admin:***@127.0.0.1:1/x": "cannot be opened"}
+    assert ob.first_error is None  # the inputs that did open still run
+    ob.write_summaries({}, final=True)
+    text = (tmp_path / "summary.json").read_text()
+    assert "secret" not in text and json.loads(text)["failed_inputs"][0]["where"] == "rtsp://admin:***@127.0.0.1:1/x"

@@ -168,6 +168,42 @@ def test_segment_zero_keeps_one_file_per_input_even_when_live(tmp_path):
     assert names == ["dehazed.mp4", "events.jsonl", "masks", "preview.mp4"]
 
 
+def early_in_a_second() -> None:
+    """Wait for the first half of a wall-clock second (a live 1 s segment cuts on whole seconds)."""
+    while time.time() % 1.0 > 0.4:
+        time.sleep(0.02)
+
+
+def test_a_stalled_live_segment_is_closed_at_its_cut_time_without_a_frame(tmp_path):
+    out = StreamOutputs(tmp_path, "cam", OutputsConfig(segment_s=1, preview=False, masks=False), fps=10, live=True)
+    folder = tmp_path / "cam"
+
+    def whole(stems):  # every closed segment plays exactly the frames its events list; their total
+        counts = [len(jsonl(folder / "events" / f"{s}.jsonl")) for s in stems]
+        assert [decode_count(folder / "dehazed" / f"{s}.mp4") for s in stems] == counts
+        return sum(counts)
+
+    try:
+        early_in_a_second()  # the four frames fit one 1 s segment unless the machine is very slow
+        for i in range(4):
+            out.write(frame(i))
+        assert (folder / "dehazed" / f"{out.segment.stem}.open.mp4").exists()
+        # the camera stalls: no frame; the cut passes within 1 s, the timer closes 0.5 s after it
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and list(folder.rglob("*.open*")):
+            time.sleep(0.05)
+        assert not list(folder.rglob("*.open*")), "the open segment waited for the next frame"
+        before = closed_stems(folder)
+        assert out.segment is None and whole(before) == 4
+        for i in range(4, 7):  # frames again: a new segment, named by its own start
+            out.write(frame(i))
+        assert out.segment is not None and out.segment.stem not in before
+    finally:
+        out.close()
+    after = closed_stems(folder)
+    assert not list(folder.rglob("*.open*")) and whole(after) == 7 and len(after) > len(before)
+
+
 # ------------------------------------------------------------------ retention
 def fake_segment(root: Path, stream: str, stem: str, size: int, mtime: float) -> list[Path]:
     seg = Segment(root / stream, stem)
@@ -211,6 +247,41 @@ def test_retention_keeps_the_folder_under_max_disk_gb(tmp_path):
     Retention(tmp_path, max_disk_gb=0.00045).sweep(now=now)
     alive = [all(p.exists() for p in s) for s in segments]
     assert alive == [False, False, False, True, True]
+
+
+def test_max_disk_gb_counts_every_file_and_keeps_room_for_the_open_segment(tmp_path, caplog):
+    from pipeline.sinks.segments import _tree_bytes, writer_ended, writer_started
+
+    now = 1796174100.0
+    closed = [fake_segment(tmp_path, "cam", utc_stem(now - 600 * (6 - i)), 100_000, now) for i in range(5)]
+    (tmp_path / "cam" / "analytics").mkdir()
+    (tmp_path / "cam" / "analytics" / f"{utc_stem(now - 3600)}.csv").write_bytes(b"a" * 1000)  # the oldest's csv
+    (tmp_path / "cam" / "summary.json").write_bytes(b"s" * 150_000)  # not a segment: counted, never deleted
+    busy = Segment((tmp_path / "cam").resolve(), utc_stem(now))
+    open_paths = fake_segment(tmp_path, "cam", busy.stem, 25_000, now)  # the one being written, 50 kB so far
+    busy.mark_open()
+    writer_started(busy.folder)
+    try:
+        with caplog.at_level(logging.INFO, logger="hazeflow.sinks"):
+            deleted = Retention(tmp_path, max_disk_gb=0.0008).sweep(now=now)
+        # 1.2 MB on disk + 150 kB for the open segment to grow to its stream's usual 200 kB: the three
+        # oldest go (counting segments only, two would have gone and the open one would overshoot)
+        alive = [all(p.exists() for p in seg) for seg in closed]
+        assert alive == [False, False, False, True, True]
+        assert not list((tmp_path / "cam" / "analytics").iterdir())  # the oldest segment's csv went with it
+        assert all(p.exists() for p in open_paths) and (tmp_path / "cam" / "summary.json").exists()
+        grown = _tree_bytes(tmp_path) + (200_001 - 50_001)
+        assert grown <= 0.0008e9 and len(deleted) == 3 * 3 + 1
+        assert sum("open segments to grow" in r.getMessage() for r in caplog.records) == 3
+        # only the open segment and the summary are left over the cap: nothing to delete, and it says so
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hazeflow.sinks"):
+            Retention(tmp_path, max_disk_gb=0.0001).sweep(now=now)
+        assert all(p.exists() for p in open_paths)
+        assert any("nothing closed is left to delete" in r.getMessage() for r in caplog.records)
+    finally:
+        busy.mark_closed()
+        writer_ended(busy.folder)
 
 
 def test_a_new_segment_sweeps_old_ones_in_the_background(tmp_path):

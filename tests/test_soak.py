@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
 from tests.conftest import ROOT
 
 
-def test_short_soak_writes_rows_and_a_table(tmp_path):
+def classical_config(tmp_path):
     config = tmp_path / "classical.yaml"
     config.write_text("stages: [{dcp: {}}, {mog2: {}}, {blobs: {}}]\n"
                       "outputs: {masks: false, preview: false}\n")
+    return config
+
+
+def test_short_soak_writes_rows_and_a_table(tmp_path):
+    config = classical_config(tmp_path)
     out, table = tmp_path / "soak.json", tmp_path / "bench.md"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "soak.py"), "--config", str(config), "--frames", "90",
                         "--every", "15", "--fps", "25", "--size", "160x120", "--output", str(tmp_path / "out"),
@@ -25,3 +31,28 @@ def test_short_soak_writes_rows_and_a_table(tmp_path):
     assert all(r["rss_mib"] > 0 and r["fds"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert result["rss_growth_pct_after_warmup"] is not None
     assert "| frames written |" in table.read_text() and str(rows[0]["written"]) in table.read_text()
+
+
+def test_ctrl_c_stops_the_soak_and_still_writes_the_report(tmp_path):
+    out, table = tmp_path / "soak.json", tmp_path / "bench.md"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "soak.py"), "--config", str(classical_config(tmp_path)),
+                             "--frames", "100000", "--every", "10", "--fps", "25", "--size", "160x120",
+                             "--output", str(tmp_path / "out"), "--json", str(out), "--markdown", str(table)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows_seen = [proc.stdout.readline() for _ in range(2)]  # two rows: the camera is running
+        assert all(r.startswith("{") for r in rows_seen), rows_seen
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    result = json.loads(out.read_text())
+    frames = result["frames"]
+    assert result["interrupted"] is True and 20 <= frames["in"] < 100000
+    assert frames["in"] == frames["processed"] + frames["dropped"]  # nothing in flight was lost uncounted
+    rows = result["rows"]
+    assert len(rows) >= 3 and all(r["rss_mib"] > 0 and r["fds"] > 0 for r in rows)
+    assert rows[-1]["written"] <= frames["processed"] and result["rss_growth_pct_after_warmup"] is not None
+    assert "stopped by a signal" in table.read_text() and "| frames written |" in stdout

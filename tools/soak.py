@@ -13,6 +13,13 @@ Every ``--every`` frames written it records one row: frames in, written and
 dropped so far, resident memory (RSS), open file descriptors, and the
 end-to-end latency p50/p99 of the frames of that window. The verdict compares
 RSS after warm-up (the first row) with the last row, and the fd counts.
+
+Ctrl-C (SIGINT) or SIGTERM stops the camera cleanly: a row is taken at that
+moment, the frames in flight are written, and the table, JSON and markdown are
+written as for a finished run (marked interrupted; exit status 130). A second
+signal drops what is still queued. The handlers are installed explicitly, so
+this also holds for a soak started in the background by a script, which
+inherits SIGINT ignored.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -67,6 +75,30 @@ class PacedCamera:
                 time.sleep(wait)
 
 
+class Interrupts:
+    """Counts SIGINT/SIGTERM instead of raising KeyboardInterrupt wherever the main thread is; the
+    main loop reads ``count`` and stops the graph itself."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.count = 0
+        self._previous = {}
+
+    def __call__(self, signum, frame):
+        self.count += 1
+
+    def install(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self) for sig in self.SIGNALS}
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -105,6 +137,14 @@ def outputs_with_segments(outputs, segment_s: float, masks: bool):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    interrupts = Interrupts().install()
+    try:
+        return soak(args, interrupts)
+    finally:
+        interrupts.restore()
+
+
+def soak(args, interrupts: Interrupts) -> int:
     configure_logging("text")
     config = load_config(args.config)
     outputs, segment_s = outputs_with_segments(config.outputs, args.segment_s, args.masks)
@@ -119,36 +159,27 @@ def main(argv=None) -> int:
     runner = threading.Thread(target=lambda: result.setdefault("report", graph.run([camera])), daemon=True)
     t0 = time.monotonic()
     runner.start()
-    rows, next_row, last_count = [], args.every, 0
-    stream = None
-    try:
-        while runner.is_alive():
-            runner.join(0.5)
-            stream = stream or graph.observer.streams.get("soak")
-            if stream is None:
-                continue
-            if args.minutes is not None and time.monotonic() - t0 > args.minutes * 60:
+    rows: list = []
+    state = {"next_row": args.every, "last_count": 0}
+    stopped_by = 0  # signals acted on
+    while runner.is_alive():
+        runner.join(0.5)
+        if interrupts.count > stopped_by:
+            if stopped_by == 0:
+                print("soak: interrupted; stopping the camera, writing what is in flight", file=sys.stderr, flush=True)
+                take_row(graph, rows, state, args, t0, ended=False, force=True)  # the state at the stop
                 graph.stop()
-            ended = not runner.is_alive()
-            if stream.processed >= next_row or ended:
-                if stream.processed == last_count:
-                    continue
-                window = recent_latencies(stream.latency_s, stream.latency_s.count - last_count)
-                last_count = stream.latency_s.count
-                p50, p99 = (np.percentile(window, [50, 99]) * 1000.0) if window.size else (float("nan"),) * 2
-                dropped = sum(graph.observer.dropped_by_reason("soak").values())
-                rows.append({"written": stream.processed, "in": stream.frames_in, "dropped": dropped,
-                             "elapsed_s": round(time.monotonic() - t0, 1), "rss_mib": round(rss_mib(), 1),
-                             "fds": open_fds(), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
-                             "after_end": ended})
-                print(json.dumps(rows[-1]), flush=True)
-                next_row = (stream.processed // args.every + 1) * args.every
-    except KeyboardInterrupt:
-        graph.stop()
-        runner.join()
+            else:
+                graph.abort()
+            stopped_by = interrupts.count
+            continue
+        if args.minutes is not None and time.monotonic() - t0 > args.minutes * 60:
+            graph.stop()
+        take_row(graph, rows, state, args, t0, ended=not runner.is_alive())
     report = result.get("report")
     out = summarise(args, rows, report, segment_s)
     out["segments"] = graph.observer.segments("soak")
+    out["interrupted"] = bool(stopped_by)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
@@ -156,7 +187,29 @@ def main(argv=None) -> int:
         with open(args.markdown, "a") as f:
             f.write(markdown(out))
     print(markdown(out))
+    if stopped_by:
+        return 130
     return 0 if report is not None and report.error is None else 1
+
+
+def take_row(graph, rows: list, state: dict, args, t0: float, ended: bool, force: bool = False) -> None:
+    """Append a row when ``--every`` more frames were written (or ``force``, or at the end): frames,
+    drops, RSS, open fds and the latency of the frames written since the previous row."""
+    stream = graph.observer.streams.get("soak")
+    if stream is None or not (stream.processed >= state["next_row"] or ended or force):
+        return
+    if stream.processed == state["last_count"] and not (force and not rows):
+        return
+    window = recent_latencies(stream.latency_s, stream.latency_s.count - state["last_count"])
+    state["last_count"] = stream.latency_s.count
+    p50, p99 = (np.percentile(window, [50, 99]) * 1000.0) if window.size else (float("nan"),) * 2
+    dropped = sum(graph.observer.dropped_by_reason("soak").values())
+    rows.append({"written": stream.processed, "in": stream.frames_in, "dropped": dropped,
+                 "elapsed_s": round(time.monotonic() - t0, 1), "rss_mib": round(rss_mib(), 1),
+                 "fds": open_fds(), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
+                 "after_end": ended})
+    print(json.dumps(rows[-1]), flush=True)
+    state["next_row"] = (stream.processed // args.every + 1) * args.every
 
 
 def summarise(args, rows, report, segment_s) -> dict:
@@ -175,8 +228,9 @@ def summarise(args, rows, report, segment_s) -> dict:
 
 def markdown(out: dict) -> str:
     f = out["frames"]
+    stopped = " (stopped by a signal before its end)" if out.get("interrupted") else ""
     lines = ["", f"### Soak: {out['camera']}, `{out['config']}`, segments every "
-             f"{out['segment_s'] or 'n/a'} s", "",
+             f"{out['segment_s'] or 'n/a'} s{stopped}", "",
              f"{f.get('in', 0)} frames read ({out['frames_target']} planned), {f.get('processed', 0)} written, "
              f"{f.get('dropped', 0)} dropped {f.get('dropped_by_reason', {})}; RSS growth from the first to "
              f"the last row while running {out['rss_growth_pct_after_warmup']} %; open fds while running "

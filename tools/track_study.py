@@ -139,6 +139,27 @@ def detect(gen: SceneGenerator, frames: int, detector: str, stream: str):
     return masks, truth, haze
 
 
+def cached_detect(gen: SceneGenerator, args, stream: str):
+    """``detect``, kept in ``args.cache`` (one npz per seed and scene settings) so that several
+    blob variants, or a later run, score the same masks without running the detector again."""
+    if args.cache is None:
+        return detect(gen, args.frames, args.detector, stream)
+    key = (f"{args.detector}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
+           f"_haze{args.haze}_{args.nuisances}.npz")
+    path = Path(args.cache) / key
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        truth = json.loads(str(data["truth"]))
+        for objs in truth:
+            for o in objs:
+                o["box"], o["base"] = tuple(o["box"]), tuple(o["base"])
+        return list(data["masks"]), truth, list(data["dehazed"])
+    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, masks=np.stack(masks), truth=json.dumps(truth), dehazed=np.asarray(dehazed))
+    return masks, truth, dehazed
+
+
 def track(masks, tracker: str, analytics_config: dict, stream: str, blob_values: dict):
     from pipeline.stages.analytics import AnalyticsStage
     from pipeline.stages.blobs import BlobStage
@@ -267,7 +288,7 @@ def run_seed(seed: int, args) -> dict:
     stream = f"seed{seed}"
     lanes = gen.lane_speeds(FPS)
     t0 = time.perf_counter()
-    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream)
+    masks, truth, dehazed = cached_detect(gen, args, stream)
     detect_s = time.perf_counter() - t0
     speed_of = {o["id"]: lanes[o["lane"]][1] for objs in truth for o in objs}  # a vehicle keeps its lane's speed
     line_y = args.line * args.height
@@ -278,13 +299,15 @@ def run_seed(seed: int, args) -> dict:
               "detect_s": round(detect_s, 1),
               "truth": {d: len(v) for d, v in crossed.items()}, "lane_speeds_kmh": [[d, round(s, 2)] for d, s in lanes],
               "trackers": {}}
-    variants = [(t, mo) for t in args.trackers for mo in args.max_occluded]
-    for tracker, max_occluded in variants:
-        hyps, crossings, totals, t_frame = track(masks, tracker, analytics_config, stream,
-                                                  {"min_area": args.blob_min_area,
-                                                   "max_occluded": max_occluded, "min_age": args.min_age})
+    variants = [(t, mo, sp) for t in args.trackers for mo in args.max_occluded for sp in args.split]
+    for tracker, max_occluded, split in variants:
+        blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded, "min_age": args.min_age}
+        if split == "off":
+            blob_values.update(split_growth=0, split_width=0)
+        hyps, crossings, totals, t_frame = track(masks, tracker, analytics_config, stream, blob_values)
         counted = [c for c in crossings if c["frame"] > args.skip]
         name = tracker if len(args.max_occluded) == 1 else f"{tracker}/occluded{max_occluded}"
+        name = name if len(args.split) == 1 else f"{name}/split-{split}"
         result["trackers"][name] = {
             "mot": mot_scores(truth[args.skip:], hyps[args.skip:], args.min_area),
             "counts": {d: sum(c["direction"] == d for c in counted) for d in ("in", "out")},
@@ -311,8 +334,13 @@ def main(argv=None) -> int:
                    help="blobs.max_occluded: frames a track is carried inside another's blob (0 = off); "
                         "several values are each run on the same masks")
     p.add_argument("--min-age", type=int, default=3, help="blobs.min_age")
+    p.add_argument("--split", nargs="+", choices=("on", "off"), default=["on"],
+                   help="the blob stage's split rules (split_growth, split_width) at their defaults, or off; "
+                        "both are run on the same masks when both are given")
     p.add_argument("--skip", type=int, default=50,
                    help="frames left out of every score at the start (MSFgNet's window fills, tracks start)")
+    p.add_argument("--cache", default=None,
+                   help="folder where the detector's masks and the truth are kept per seed (made if missing)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     args.width, args.height = (int(v) for v in args.size.split("x"))

@@ -6,6 +6,12 @@ crossed and their speeds; per zone, the frames with at least one vehicle in it (
 the vehicles in it per frame (queue length), the vehicles that entered and how long each
 stayed (dwell, credited to the bin where the stay ended); and the frames' haze score and
 whether they were dehazed.
+
+Nothing here grows with the number of frames: per-frame values (haze score, speeds of the
+vehicles in a zone) are kept as sums and counts. A table given ``max_bins`` (the whole-run
+table of a live camera) folds its oldest bins into running totals, so a camera that runs for
+months holds at most that many bins; its totals still count every bin, and its medians
+(speed, dwell) describe the bins it holds.
 """
 from __future__ import annotations
 
@@ -34,12 +40,13 @@ COLUMNS = ("stream", "bin_start_s", "name", "kind", "direction", "count", "mean_
 
 
 class _Bin:
-    __slots__ = ("frames", "haze", "dehazed", "counts", "speeds", "zone_frames", "zone_vehicles", "zone_max",
-                 "zone_entered", "zone_speeds", "dwell")
+    __slots__ = ("frames", "haze_sum", "haze_n", "dehazed", "counts", "speeds", "zone_frames", "zone_vehicles",
+                 "zone_max", "zone_entered", "zone_speed_sum", "zone_speed_n", "dwell")
 
     def __init__(self):
         self.frames = 0
-        self.haze: list[float] = []
+        self.haze_sum = 0.0  # haze scores of the frames that had one: their sum and how many
+        self.haze_n = 0
         self.dehazed = 0
         self.counts: dict[tuple[str, str], int] = defaultdict(int)        # (line, dir) -> vehicles
         self.speeds: dict[tuple[str, str], list] = defaultdict(list)      # (line, dir) -> km/h of those measured
@@ -47,15 +54,46 @@ class _Bin:
         self.zone_vehicles: dict[str, int] = defaultdict(int)
         self.zone_max: dict[str, int] = defaultdict(int)
         self.zone_entered: dict[str, int] = defaultdict(int)
-        self.zone_speeds: dict[str, list[float]] = defaultdict(list)
+        self.zone_speed_sum: dict[str, float] = defaultdict(float)  # km/h of the vehicles in the zone, per frame
+        self.zone_speed_n: dict[str, int] = defaultdict(int)
         self.dwell: dict[str, list[float]] = defaultdict(list)
+
+
+class _Folded:
+    """The totals of the bins a table no longer holds (see BinTable's ``max_bins``)."""
+
+    def __init__(self):
+        self.bins = 0
+        self.frames = 0
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.zone_frames: dict[str, int] = defaultdict(int)
+        self.zone_vehicles: dict[str, int] = defaultdict(int)
+        self.zone_max: dict[str, int] = defaultdict(int)
+        self.zone_entered: dict[str, int] = defaultdict(int)
+        self.dwell_sum: dict[str, float] = defaultdict(float)
+        self.dwell_n: dict[str, int] = defaultdict(int)
+
+    def add(self, b: _Bin) -> None:
+        self.bins += 1
+        self.frames += b.frames
+        for key, n in b.counts.items():
+            self.counts[key] += n
+        for zone in b.zone_frames.keys() | b.zone_entered.keys() | b.dwell.keys():
+            self.zone_frames[zone] += b.zone_frames.get(zone, 0)
+            self.zone_vehicles[zone] += b.zone_vehicles.get(zone, 0)
+            self.zone_max[zone] = max(self.zone_max[zone], b.zone_max.get(zone, 0))
+            self.zone_entered[zone] += b.zone_entered.get(zone, 0)
+            self.dwell_sum[zone] += sum(b.dwell.get(zone, ()))
+            self.dwell_n[zone] += len(b.dwell.get(zone, ()))
 
 
 class BinTable:
     """Accumulates the per-frame analytics of one stream into ``bin_s`` bins."""
 
-    def __init__(self, stream: str, bin_s: float, lines=(), zones=()):
+    def __init__(self, stream: str, bin_s: float, lines=(), zones=(), max_bins: int | None = None):
         self.stream = stream
+        self.max_bins = max_bins
+        self.folded = _Folded()
         self.bin_s = float(bin_s)
         self.lines = list(lines)
         self.zones = list(zones)
@@ -68,6 +106,8 @@ class BinTable:
         b = self.bins.get(k := int(math.floor(t / self.bin_s)))
         if b is None:
             b = self.bins[k] = _Bin()
+            while self.max_bins and len(self.bins) > self.max_bins:
+                self.folded.add(self.bins.pop(min(self.bins)))
         return b
 
     def _speed(self, c: dict) -> None:
@@ -80,7 +120,8 @@ class BinTable:
         b = self._bin(t)
         b.frames += 1
         if haze_score is not None:
-            b.haze.append(float(haze_score))
+            b.haze_sum += float(haze_score)
+            b.haze_n += 1
         if dehazed:
             b.dehazed += 1
         if analytics:
@@ -108,7 +149,8 @@ class BinTable:
                 b.zone_entered[zone] += 1
             s = speeds.get(track)
             if s is not None:
-                b.zone_speeds[zone].append(s)
+                b.zone_speed_sum[zone] += s
+                b.zone_speed_n[zone] += 1
         for track in [tr for tr in inside if tr not in now]:
             b.dwell[zone].append(t - inside.pop(track))
 
@@ -116,7 +158,7 @@ class BinTable:
         """End every stay still open at the last frame (end of the input)."""
         if self._last_t is None:
             return
-        last = self.bins[int(math.floor(self._last_t / self.bin_s))]
+        last = self._bin(self._last_t)
         for zone, inside in self._inside.items():
             for entry in inside.values():
                 last.dwell[zone].append(self._last_t - entry)
@@ -135,7 +177,8 @@ class BinTable:
                                          _mean(b.speeds.get((line, direction), ())), None))
             for zone in self.zones:
                 out.append(self._row(start, zone, "zone", "", b.zone_entered.get(zone, 0),
-                                     _mean(b.zone_speeds.get(zone, ())), b.zone_frames.get(zone, 0) / b.frames))
+                                     _ratio(b.zone_speed_sum.get(zone, 0.0), b.zone_speed_n.get(zone, 0)),
+                                     b.zone_frames.get(zone, 0) / b.frames))
         return out
 
     def _row(self, start, name, kind, direction, count, speed, occupancy) -> dict:
@@ -153,27 +196,33 @@ class BinTable:
 
     def summary(self, last_bins: int | None = None) -> dict:
         """Totals per line and zone, and per bin the detail the CSV leaves out (haze, dwell, queue);
-        ``last_bins`` lists only the most recent bins (the totals cover every bin)."""
+        ``last_bins`` lists only the most recent bins (the totals cover every bin, folded ones too;
+        the medians cover the bins the table holds)."""
+        past = self.folded
         lines = {}
         for line in self.lines:
             entry = {}
             for direction in (IN, OUT):
                 speeds = [s for b in self.bins.values() for s in b.speeds.get((line, direction), ())]
-                entry[direction] = sum(b.counts.get((line, direction), 0) for b in self.bins.values())
+                entry[direction] = past.counts.get((line, direction), 0) + sum(
+                    b.counts.get((line, direction), 0) for b in self.bins.values())
                 entry[f"median_speed_kmh_{direction}"] = _round(median(speeds)) if speeds else None
                 hist = self.histogram.get((line, direction), {})
                 entry[f"speed_histogram_{direction}"] = {f"{k * HISTOGRAM_KMH:g}": n for k, n in sorted(hist.items())}
             lines[line] = entry
-        frames = sum(b.frames for b in self.bins.values())
+        frames = past.frames + sum(b.frames for b in self.bins.values())
         zones = {}
         for zone in self.zones:
             dwell = [d for b in self.bins.values() for d in b.dwell.get(zone, ())]
+            zone_frames = past.zone_frames.get(zone, 0) + sum(b.zone_frames.get(zone, 0) for b in self.bins.values())
+            vehicles = past.zone_vehicles.get(zone, 0) + sum(b.zone_vehicles.get(zone, 0) for b in self.bins.values())
             zones[zone] = {
-                "entered": sum(b.zone_entered.get(zone, 0) for b in self.bins.values()),
-                "occupancy": _round(sum(b.zone_frames.get(zone, 0) for b in self.bins.values()) / frames) if frames else None,
-                "mean_queue": _round(sum(b.zone_vehicles.get(zone, 0) for b in self.bins.values()) / frames) if frames else None,
-                "max_queue": max((b.zone_max.get(zone, 0) for b in self.bins.values()), default=0),
-                "mean_dwell_s": _round(sum(dwell) / len(dwell)) if dwell else None,
+                "entered": past.zone_entered.get(zone, 0) + sum(b.zone_entered.get(zone, 0) for b in self.bins.values()),
+                "occupancy": _round(zone_frames / frames) if frames else None,
+                "mean_queue": _round(vehicles / frames) if frames else None,
+                "max_queue": max([past.zone_max.get(zone, 0)] + [b.zone_max.get(zone, 0) for b in self.bins.values()]),
+                "mean_dwell_s": _round(_ratio(past.dwell_sum.get(zone, 0.0) + sum(dwell),
+                                              past.dwell_n.get(zone, 0) + len(dwell))),
                 "median_dwell_s": _round(median(dwell)) if dwell else None,
             }
         bins = []
@@ -182,7 +231,7 @@ class BinTable:
             crossing_speeds = [s for v in b.speeds.values() for s in v]
             bins.append({
                 "bin_start_s": round(k * self.bin_s, 3), "frames": b.frames,
-                "haze_score": _round(sum(b.haze) / len(b.haze)) if b.haze else None,
+                "haze_score": _round(_ratio(b.haze_sum, b.haze_n)),
                 "dehazed_share": _round(b.dehazed / b.frames),
                 "median_speed_kmh": _round(median(crossing_speeds)) if crossing_speeds else None,
                 "zones": {z: {"max_queue": b.zone_max.get(z, 0),
@@ -191,6 +240,10 @@ class BinTable:
                           for z in self.zones},
             })
         return {"bin_s": self.bin_s, "lines": lines, "zones": zones, "bins": bins, "rows": self.rows(last_bins)}
+
+
+def _ratio(total: float, n: int):
+    return total / n if n else None
 
 
 def _mean(values):

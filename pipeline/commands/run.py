@@ -5,7 +5,10 @@ command-line overrides, opens every input, builds the stages and runs the
 graph. Exit status: 0 when every input was processed to its end, 130 after
 Ctrl-C (outputs of the processed frames are still finalised), otherwise the
 first error is raised as a one-line ``PipelineError`` after ``summary.json``
-has recorded it.
+has recorded it. An input that cannot be opened (missing, unreadable) does not
+stop the others: they run to their end, then each failed input gets its own
+``hazeflow: error: <input>: <cause>`` line and the exit status is non-zero
+(``summary.json`` lists them under ``failed_inputs``).
 """
 from __future__ import annotations
 
@@ -15,19 +18,35 @@ import threading
 from pathlib import Path
 
 from pipeline.config import load_config, with_overrides
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError, SourceError, SourceNotFoundError
 from pipeline.graph import Graph, build_stages
 from pipeline.observability.metrics import serve_metrics
 
 
-def open_sources(config) -> list:
-    """Open every input (fails fast on a missing file or bad URI, before any thread starts)."""
+def open_sources(config, failed: list | None = None) -> list:
+    """Open every input, before any thread starts.
+
+    Each source carries its input's ``stall_timeout_s`` and ``live`` (``Graph`` reads them there, so
+    they follow the input when two inputs share a name and the graph renames one). Without
+    ``failed`` the first input that cannot be opened raises (nothing is left open); with a list,
+    an input that is missing or unreadable (``SourceError``, ``SourceNotFoundError``) is appended to
+    it and the others are still opened. A ``ConfigError`` (a bad option) always raises.
+    """
     from pipeline.sources import open_source
 
     sources = []
     try:
         for item in config.inputs:
-            sources.append(open_source(item.uri, name=item.name, **dict(item.options)))
+            try:
+                source = open_source(item.uri, name=item.name, **dict(item.options))
+            except (SourceError, SourceNotFoundError) as e:
+                if failed is None:
+                    raise
+                failed.append(e)
+                continue
+            source.stall_timeout_s = item.stall_timeout_s
+            source.live_override = item.live
+            sources.append(source)
     except BaseException:
         for source in sources:
             source.close()
@@ -36,11 +55,13 @@ def open_sources(config) -> list:
 
 
 def live_overrides(config, sources) -> dict:
-    return {s.name: item.live for item, s in zip(config.inputs, sources) if item.live is not None}
+    """Stream name -> the input's ``live``, for callers that pass it by name (the graph prefers the source's)."""
+    return {s.name: s.live_override for s in sources if getattr(s, "live_override", None) is not None}
 
 
 def stall_timeouts(config, sources) -> dict:
-    return {s.name: item.stall_timeout_s for item, s in zip(config.inputs, sources)}
+    """Stream name -> the input's ``stall_timeout_s`` (the graph prefers the value the source carries)."""
+    return {s.name: s.stall_timeout_s for s in sources if getattr(s, "stall_timeout_s", None) is not None}
 
 
 class Progress:
@@ -105,8 +126,14 @@ def main(args) -> int:
     if not config.inputs:
         raise ConfigError("inputs", "no input: give --input URI or list `inputs:` in the config")
     nodes = build_stages(config.stages)
-    sources = open_sources(config)
+    failed: list = []  # inputs that cannot be opened: the others still run, each gets its error line
+    sources = open_sources(config, failed)
+    if not sources:
+        _print_failures(failed[:-1])
+        raise failed[-1]
     graph = graph_for(config, nodes, sources)
+    for error in failed:
+        graph.observer.input_failed(error)
     try:
         metrics = serve_metrics(config.runtime.metrics, graph.observer)
     except BaseException:
@@ -127,11 +154,31 @@ def main(args) -> int:
             metrics.close()
     _print_outputs(report, Path(config.output))
     if report.interrupted:
+        _print_failures(failed)
         print("hazeflow: interrupted; outputs of the processed frames were kept", file=sys.stderr)
         return 130
-    if report.error is not None:
-        raise report.error
-    return 0
+    if report.error is None and not failed:
+        return 0
+    # one line per failed input: those that could not be opened, then those that broke while read (a
+    # stage or sink error is one line of its own: the run's first error); cli prints the raised one last
+    last = report.error if report.error is not None else failed[-1]
+    lines = [(e.input, e.cause) for e in failed]
+    lines += [(x["where"], x["error"]) for x in report.errors
+              if x not in report.failed_inputs and x["type"] in _INPUT_ERRORS]
+    if (last.input, last.cause) in lines:
+        lines.remove((last.input, last.cause))
+    _print_failures(lines)
+    raise last
+
+
+_INPUT_ERRORS = (SourceError.__name__, SourceNotFoundError.__name__)
+
+
+def _print_failures(errors) -> None:
+    """``hazeflow: error: <input>: <cause>`` per failure (``PipelineError`` or ``(input, cause)``)."""
+    for e in errors:
+        where, cause = (e.input, e.cause) if isinstance(e, PipelineError) else e
+        print(f"hazeflow: error: {where}: {cause}", file=sys.stderr)
 
 
 def _sigterm_as_interrupt():

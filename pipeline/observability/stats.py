@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.sinks import inside, safe_name, write_json_atomic
+from pipeline.sources.base import mask_credentials
 from pipeline.sinks.summary import LatencyWindow, latency_stats
 
 log = logging.getLogger("hazeflow.graph")
@@ -122,6 +123,7 @@ class RunReport:
     outputs: dict  # stream -> list of paths
     summary_paths: list
     error: PipelineError | None = None
+    failed_inputs: list = field(default_factory=list)  # inputs that could not be opened (the run went on)
 
     @property
     def frames_processed(self) -> int:
@@ -144,6 +146,7 @@ class Observer:
         self.sinks = StageStats("sinks")  # encoding and writing, timed like a stage
         self.errors: list[dict] = []
         self.graph_errors: list[dict] = []  # errors not tied to one stream (stage, sink)
+        self.failed_inputs: list[dict] = []  # inputs that could not be opened; the others ran
         self.first_error: PipelineError | None = None
         self.interrupted = False
         self.queues: list = []
@@ -151,6 +154,9 @@ class Observer:
         self.sources: dict[str, object] = {}
         self.t0: float | None = None
         self.finished = False
+        # (stream, stage) -> (backend, precision, device) its frames last ran on; written by each stage's
+        # own worker only (one key per stage), read by the summaries
+        self.engines: dict[tuple[str, str], tuple] = {}
 
     # ------------------------------------------------------------ set-up
     def add_stream(self, name: str, input: str, live: bool, fps: float, source=None,
@@ -192,8 +198,31 @@ class Observer:
                      extra={"stream": stream, "event": "stall_end", "stalled_s": round(now - resumed, 3)})
         return n
 
-    def stage_call(self, stage: str, seconds: float, frames: int) -> None:
+    def stage_call(self, stage: str, seconds: float, frames: int, streams=(), engine: dict | None = None) -> None:
+        """A stage call over ``frames`` frames of ``streams`` took ``seconds``; ``engine``: the stage's
+        engine_info at that call (a learned stage's backend, precision, device)."""
         self.stages[stage].add_call(seconds, frames)  # one writer per stage: its worker
+        if engine:
+            self._engine_seen(stage, engine, streams)
+
+    def _engine_seen(self, stage: str, engine: dict, streams) -> None:
+        """One INFO line per stream when its frames first run on an engine, or on another one than before
+        (a backend chosen, changed or fallen back to); nothing while it stays the same."""
+        key = engine_key(engine)
+        for stream in set(streams):
+            before = self.engines.get((stream, stage))
+            if before == key:
+                continue
+            self.engines[(stream, stage)] = key
+            why = engine.get("chosen_by")
+            how = f" ({why})" if why else ""
+            if before is None:
+                log.info("%s: %s runs on %s%s", stream, stage, " ".join(key), how,
+                         extra={"stream": stream, "event": "engine", "stage": stage, "backend": key[0]})
+            else:
+                log.info("%s: %s engine changed from %s to %s%s", stream, stage, " ".join(before), " ".join(key), how,
+                         extra={"stream": stream, "event": "engine", "stage": stage, "backend": key[0],
+                                "previous": before[0]})
 
     def frame_written(self, frame, seconds: float, now: float) -> None:
         """The sinks wrote ``frame`` in ``seconds``; its read time is ``frame.data['_t_in']``."""
@@ -231,6 +260,18 @@ class Observer:
                 self.graph_errors.append(entry)
         # debug only: the CLI prints the first error as its one line, summary.json keeps them all
         log.debug("%s: %s", error.input, error.cause, extra={"stream": stream, "event": "error"})
+
+    def input_failed(self, error: PipelineError) -> None:
+        """An input that could not be opened (before the run): listed in summary.json, not a stream of its own.
+
+        Not ``first_error``: that one stops the graph, and the inputs that did open must run."""
+        entry = {"where": mask_credentials(error.input), "error": mask_credentials(error.cause),
+                 "type": type(error).__name__}
+        with self.lock:
+            self.errors.append(entry)
+            self.failed_inputs.append(entry)
+        log.warning("%s: cannot be opened, the other inputs go on: %s", error.input, error.cause,
+                    extra={"event": "input_failed"})
 
     def source_done(self, stream: str, failed: bool) -> None:
         with self.lock:
@@ -329,6 +370,8 @@ class Observer:
                     bad[s.name] = "no frame yet"
                 elif now - s.t_last_in > s.stall_timeout_s:
                     bad[s.name] = f"no frame for {now - s.t_last_in:.1f} s"
+            for entry in self.failed_inputs:
+                bad[entry["where"]] = "cannot be opened"
         if self.t0 is None:
             bad["run"] = "not started"
         return bad
@@ -378,6 +421,7 @@ class Observer:
         total = sum(s.processed for s in self.streams.values())
         write_json_atomic(self.output / "summary.json", {
             "streams": streams, "stages": stages, "errors": list(self.errors), "interrupted": self.interrupted,
+            "failed_inputs": list(self.failed_inputs),
             "running": not final, "wall_s": round(wall, 3), "fps": round(total / wall, 2) if wall > 0 else None,
             "frames": {"in": sum(s.frames_in for s in self.streams.values()), "processed": total,
                        "dropped": sum(st["frames"]["dropped"] for st in streams.values())},
@@ -388,7 +432,8 @@ class Observer:
             return None
         self.finished = True
         return RunReport(streams=streams, stages=stages, errors=list(self.errors), interrupted=self.interrupted,
-                         wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self.first_error)
+                         wall_s=wall, outputs=paths, summary_paths=summary_paths, error=self.first_error,
+                         failed_inputs=list(self.failed_inputs))
 
     def _stream_summary(self, s: StreamStats, stages: dict, out, wall: float, pending: dict) -> dict:
         span = (s.t_last_out - s.t_first_in) if (s.t_last_out and s.t_first_in) else 0.0
@@ -412,10 +457,18 @@ class Observer:
             "errors": list(s.errors) + list(self.graph_errors),
             "source_events": list(getattr(source, "events", []) or []),
             "stalls": s.stalls,
+            # the engine each learned stage ran this stream's frames on (the last one, if it changed)
+            "engines": {stage: " ".join(key) for (stream, stage), key in list(self.engines.items())
+                        if stream == s.name},
             "interrupted": self.interrupted,
             "outputs": sorted(str(p.relative_to(out.folder)) for p in out.paths()),
             **out.summaries(),  # e.g. "analytics": totals and time bins
         }
+
+
+def engine_key(engine: dict) -> tuple[str, str, str]:
+    """(backend, precision, device) of a stage's engine_info: what a change of engine means."""
+    return tuple(str(engine.get(k) or "?") for k in ("backend", "precision", "device"))
 
 
 def recent_latencies(window: LatencyWindow, n: int) -> np.ndarray:

@@ -13,6 +13,7 @@ one carries ``.open`` in its name (``pipeline.sinks.segments``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from pipeline.sinks.atomic import inside, safe_name
 from pipeline.sinks.events import EventsSink
 from pipeline.sinks.masks import MaskSink
 from pipeline.sinks.preview import PreviewSink
-from pipeline.sinks.segments import Retention, Segment, SegmentClock, leftover_open_files, segment_length
+from pipeline.sinks.segments import (CUT_GRACE_S, Retention, Segment, SegmentClock, leftover_open_files,
+                                     segment_length, writer_ended, writer_started)
 from pipeline.sinks.summary import write_json_atomic
 from pipeline.sinks.video import DehazedVideoSink
 
@@ -44,7 +46,9 @@ class StreamOutputs:
     for live streams, the frames' pts for files). In segment mode every sink is
     closed and reopened together at a cut, so a closed segment's video holds
     exactly the frames its events file lists; a change of picture size (a
-    camera reconfigured) also starts a new segment, at the new size.
+    camera reconfigured) also starts a new segment, at the new size. A live
+    segment whose cut time passes without a frame is closed by a timer thread
+    (``segments.CUT_GRACE_S`` after it); a lock keeps that apart from ``write``.
     """
 
     def __init__(self, root: Path, stream: str, outputs, fps: float = 25.0, live: bool = False):
@@ -64,6 +68,10 @@ class StreamOutputs:
         self._analytics_totals = AnalyticsTotals()
         self._retention = Retention.shared(Path(root), getattr(outputs, "keep_hours", None),
                                            getattr(outputs, "max_disk_gb", None))
+        self._lock = threading.RLock()  # write and close (sink thread) vs the cut timer
+        self._timer: threading.Timer | None = None
+        self._cut_error: Exception | None = None  # a close that failed in the timer, raised by close()
+        self._ended = False  # close() ran (retention no longer keeps room for this stream)
 
     def _open(self, segment: Segment | None = None) -> None:
         o = self.outputs
@@ -83,9 +91,15 @@ class StreamOutputs:
         self._opened = True
 
     def write(self, frame) -> None:
+        with self._lock:
+            self._write(frame)
+
+    def _write(self, frame) -> None:
         if self._clock is not None:
-            # a new picture size starts a new segment: an MP4 track keeps one size
-            if self._clock.due(self._segment_time(frame)) or frame.image.shape[:2] != self._size:
+            due = self._clock.due(self._segment_time(frame))
+            # a new picture size starts a new segment: an MP4 track keeps one size; the timer may have
+            # closed the last one (no frame came by its cut time)
+            if due or self.segment is None or frame.image.shape[:2] != self._size:
                 self._size = frame.image.shape[:2]
                 self._rotate()
         elif not self._opened:
@@ -105,6 +119,7 @@ class StreamOutputs:
         """Close the open segment (its files get their final names) and open the next one."""
         self._close_sinks()
         if self.segments == 0:
+            writer_started(self.folder)
             for path in leftover_open_files(self.folder):
                 log.warning("%s: %s was left open by a run that did not finish; it plays up to its last "
                             "fragment and keeps its name", self.stream, path.relative_to(self.folder))
@@ -116,10 +131,49 @@ class StreamOutputs:
         self._retention.request()
         self._open(segment)
         log.info("%s: segment %s opened", self.stream, segment.stem)
+        if self._clock.live:
+            self._arm_cut(segment)
+
+    def _arm_cut(self, segment: Segment) -> None:
+        """Close ``segment`` on time even when no frame comes after its cut (a stalled camera)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, self._clock.end - time.time()) + CUT_GRACE_S
+        self._timer = threading.Timer(delay, self._cut_idle, args=(segment,))
+        self._timer.name = f"cut-{self.stream}"
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut_idle(self, segment: Segment) -> None:
+        with self._lock:
+            if self.segment is not segment:  # a frame rotated it, or the stream closed
+                return
+            if time.time() < self._clock.end:  # woke early (the wall clock was set back): wait again
+                self._arm_cut(segment)
+                return
+            log.info("%s: no frame since the cut time of segment %s; closing it on time", self.stream, segment.stem,
+                     extra={"stream": self.stream, "event": "segment_cut_idle"})
+            try:
+                self._close_sinks()
+            except Exception as e:  # kept for close(), which the graph reports as the stream's error
+                self._cut_error = self._cut_error or e
+                log.warning("%s: closing segment %s failed: %s", self.stream, segment.stem, e)
 
     def close(self) -> None:
         try:
-            self._close_sinks()
+            with self._lock:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                try:
+                    self._close_sinks()
+                finally:
+                    if self.segments and not self._ended:
+                        self._ended = True
+                        writer_ended(self.folder)
+                if self._cut_error is not None:
+                    error, self._cut_error = self._cut_error, None
+                    raise error
         finally:
             self._retention.join(timeout=60)  # a sweep still deleting is finished, not cut short by the exit
 

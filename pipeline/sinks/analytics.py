@@ -28,9 +28,10 @@ class AnalyticsTotals:
         self.table: BinTable | None = None
 
 
-def _table(stream: str, result: dict) -> BinTable:
+def _table(stream: str, result: dict, max_bins: int | None = None) -> BinTable:
     shapes = result["shapes"]
-    return BinTable(stream, result["bin_s"], [l.name for l in shapes.lines], [z.name for z in shapes.zones])
+    return BinTable(stream, result["bin_s"], [l.name for l in shapes.lines], [z.name for z in shapes.zones],
+                    max_bins=max_bins)
 
 
 class AnalyticsSink:
@@ -59,7 +60,9 @@ class AnalyticsSink:
         self.table.add(t, result, haze, dehazed)
         if self.totals is not None:
             if self.totals.table is None:
-                self.totals.table = _table(self.stream, result)
+                # a camera's whole-run table holds the bins summary.json lists and folds older ones into
+                # its totals (every bin is in its segment's CSV), so it stays the same size for months
+                self.totals.table = _table(self.stream, result, max_bins=SUMMARY_BINS)
             self.totals.table.add(t, result, haze, dehazed)
 
     def summary(self) -> dict:

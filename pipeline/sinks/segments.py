@@ -21,18 +21,28 @@ second is taken it appends ``-2``, ``-3``, ...
 Rotation: live streams rotate on the wall clock at multiples of ``segment_s``
 since the epoch (300 s -> :00, :05, :10 past the hour), files on their own
 media time (``frame.pts``) every ``segment_s`` from their first frame, so a
-file cut into segments gives the same cuts on every run.
+file cut into segments gives the same cuts on every run. A live segment is
+normally cut by the first frame after its cut time; when no frame comes (a
+stalled camera), a timer closes it ``CUT_GRACE_S`` after the cut time, so it is
+complete and renamed on time, and the next frame opens a new segment.
 
 Retention (``outputs.keep_hours``, ``outputs.max_disk_gb``) runs in the
-background when a segment opens (at most every 10 s per output folder). It deletes whole segments (video, preview, events and masks
+background when a segment opens (at most every 10 s per output folder). It
+deletes whole closed segments (video, preview, events, analytics and masks
 together), oldest first, of every stream under the output folder, never a
-segment this process is writing. Each deletion is logged on
-``hazeflow.sinks``.
+segment this process is writing. ``max_disk_gb`` is a cap on every file under
+the output folder (segments open or closed, summaries, one-file outputs,
+leftovers), plus room for the segments being written to grow to the size of
+their stream's recent ones, so the folder stays under the cap until the next
+sweep instead of overshooting by one segment per stream. Each deletion is
+logged on ``hazeflow.sinks``, and so is a cap that only open segments and
+other files exceed.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shutil
 import threading
@@ -51,9 +61,13 @@ KINDS = {"dehazed": ".mp4", "preview": ".mp4", "events": ".jsonl", "masks": "", 
 LIVE_SEGMENT_S = 300.0
 #: longest video fragment of an open segment, i.e. the most a kill -9 loses (the encoder's delay aside)
 FRAGMENT_S = 1.0
+#: a live segment still open this long after its cut time (its camera sent nothing since) is closed
+#: by a timer, so a stalled camera's last segment gets its final name on time, not at its next frame
+CUT_GRACE_S = 0.5
 
 _STEM = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?(?:\.open)?(?:\.[A-Za-z0-9]+)?$")
 _OPEN: set[tuple[Path, str]] = set()  # (stream folder, stem) of segments this process is writing
+_WRITING: dict[Path, int] = {}  # stream folder -> segmented writers of this process not closed yet
 _OPEN_LOCK = threading.Lock()
 
 
@@ -120,6 +134,22 @@ class Segment:
             _OPEN.discard((self.folder, self.stem))
 
 
+def writer_started(folder: Path) -> None:
+    """A segmented writer of this process writes under ``folder`` (a stream folder) until ``writer_ended``;
+    retention keeps room for its open segment to grow, also in the moment between two segments."""
+    with _OPEN_LOCK:
+        _WRITING[folder] = _WRITING.get(folder, 0) + 1
+
+
+def writer_ended(folder: Path) -> None:
+    with _OPEN_LOCK:
+        n = _WRITING.get(folder, 0) - 1
+        if n > 0:
+            _WRITING[folder] = n
+        else:
+            _WRITING.pop(folder, None)
+
+
 def leftover_open_files(folder: Path) -> list[Path]:
     """``.open`` segment files in a stream folder that no writer of this process holds (a killed run's)."""
     with _OPEN_LOCK:
@@ -143,6 +173,11 @@ class SegmentClock:
         self.live = live
         self._origin: float | None = 0.0 if live else None
         self._end: float | None = None
+
+    @property
+    def end(self) -> float | None:
+        """When the current segment ends (None before the first frame)."""
+        return self._end
 
     def due(self, t: float) -> bool:
         """True when the frame at time ``t`` belongs to a new segment (always for the first frame)."""
@@ -194,6 +229,34 @@ def _segment_groups(root: Path) -> list[_Group]:
                 g.size += size
                 g.end = max(g.end, mtime)
     return sorted(groups.values(), key=lambda g: (g.start, g.stem, str(g.folder)))
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of every file under ``root`` (what the disk cap counts); files deleted meanwhile are skipped."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name), follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
+
+
+#: closed segments of a stream whose largest size predicts how big its open one will grow
+RECENT_SEGMENTS = 3
+
+
+def _growth_room(groups: list[_Group], busy: set, writing: set) -> int:
+    """Bytes the open segments of this process's streams may still add: per stream that writes, the largest
+    of its last closed segments less what its open one holds already (0 for a stream with none closed yet)."""
+    room = 0
+    for folder in writing:
+        mine = [g for g in groups if g.folder == folder]
+        closed = [g.size for g in mine if (g.folder, g.stem) not in busy][-RECENT_SEGMENTS:]
+        open_now = sum(g.size for g in mine if (g.folder, g.stem) in busy)
+        room += max(0, max(closed, default=0) - open_now)
+    return room
 
 
 def _size_and_mtime(path: Path) -> tuple[int, float]:
@@ -272,9 +335,15 @@ class Retention:
             return []
         now = time.time() if now is None else now
         groups = _segment_groups(self.root)
-        total = sum(g.size for g in groups)
         budget = None if self.max_disk_gb is None else self.max_disk_gb * 1e9
         cutoff = None if self.keep_hours is None else now - self.keep_hours * 3600.0
+        with _OPEN_LOCK:
+            busy, writing = set(_OPEN), {f.resolve() for f in _WRITING}
+        used = room = 0
+        if budget is not None:
+            used = _tree_bytes(self.root)  # every file, not only the segments
+            room = _growth_room(groups, busy, writing)
+        total = used + room
         deleted = []
         for g in groups:  # oldest first
             too_old = cutoff is not None and g.end < cutoff
@@ -285,12 +354,17 @@ class Retention:
                 if (g.folder, g.stem) in _OPEN:
                     continue
             reason = f"older than keep_hours {self.keep_hours:g}" if too_old else \
-                f"segments under the output folder take {total / 1e9:.3f} GB > max_disk_gb {self.max_disk_gb:g}"
+                f"files under the output folder take {(total - room) / 1e9:.3f} GB + {room / 1e9:.3f} GB for " \
+                f"the open segments to grow > max_disk_gb {self.max_disk_gb:g}"
             failed = [p for p in g.paths if not _remove(p)]
             deleted += [p for p in g.paths if p not in failed]
             total -= g.size
             log.info("retention: deleted segment %s/%s (%d files, %.1f MB): %s", g.folder.name, g.stem,
                      len(g.paths) - len(failed), g.size / 1e6, reason)
+        if budget is not None and total > budget:
+            log.warning("retention: %s still takes %.3f GB (+ %.3f GB for the open segments to grow) > max_disk_gb "
+                        "%g: nothing closed is left to delete (open segments and other files)", self.root,
+                        (total - room) / 1e9, room / 1e9, self.max_disk_gb)
         return deleted
 
 
