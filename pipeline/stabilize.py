@@ -71,7 +71,7 @@ DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner 
 MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is seen
 MARGIN = 0.05            # MOG2/KNN: the model's canvas extends this share of the width beyond its frame
 MISFIT_GREY = 12         # grey levels: a registered pixel differing more from the reference misfits
-STAY_SHARE = 0.75
+STAY_SHARE = 0.75        # corners still where the last estimate puts them, as a share of the best fit's: no move
 SNAP = 0.25              # registered pixels: a fit moving no frame corner further from the last estimate keeps it
 LK_WINDOW, LK_LEVELS = (11, 11), 2   # 2 levels follow ~20 px per frame from the last estimate
 
@@ -101,7 +101,7 @@ class StabilizerSettings:
     max_zoom: float = 0.15         # |scale - 1| beyond this is implausible for one frame
     max_rotation: float = 8.0      # degrees; beyond this is implausible
     max_zoom_step: float = 0.03    # |scale - 1| since the last estimate: a zoom lens changes slowly
-    max_rotation_step: float = 3.0 # degrees since the last estimate
+    max_rotation_step: float = 3.0  # degrees since the last estimate
     lost_after: int = 3            # unreliable frames in a row before a new epoch starts
     ransac_px: float = 1.0         # RANSAC reprojection threshold at registration size
 
