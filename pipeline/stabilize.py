@@ -11,11 +11,15 @@ into it before the background model compares them:
   started from the previous frame's estimate so a slow drift stays small), and
   a similarity (shift, rotation, uniform scale) is fitted to the tracks with
   RANSAC (``cv2.estimateAffinePartial2D``), so corners on moving vehicles are
-  outliers. It runs on a grey copy at most 320 pixels wide. A fit that moves
-  away from the last estimate is taken only if it explains more tracks and
-  brings the reference nearer the frame (fewer differing pixels) than the last
-  estimate does: in a scene with little texture the largest consistent group
-  of corners can be vehicles coming towards a still camera (issue 12).
+  outliers. It runs on a grey copy at most 320 pixels wide. In a scene with
+  little texture the largest consistent group of corners can be vehicles
+  (issue 12), so: when enough corners are still exactly where the last
+  estimate puts them the camera has not moved and that estimate is kept;
+  otherwise the two largest groups of tracks and the plain shift of each are
+  candidates, and the one that brings the reference nearest the frame (fewest
+  differing pixels) wins. A renewal registers the frame directly against the
+  epoch's first reference and goes back to it when it still registers well,
+  so a still or shaking camera accumulates no error over renewals.
 * **Pose**: each frame gets ``pose``, the 3x3 map from the coordinates of its
   *epoch* (the first reference of an unbroken run of registrations) to its own
   pixels. Two frames of one epoch are related by ``pose_t @ inv(pose_i)``; the
@@ -43,9 +47,10 @@ How each model uses it:
   nearer the current one is dropped (never worse than no compensation).
 * MOG2 / KNN (:class:`ModelFrame`): OpenCV's models live in fixed pixel
   coordinates, so the roles are reversed: each frame is warped into the
-  coordinates of the frame the model started at, onto a canvas that keeps
-  the last values where the current frame has none, and the mask is warped
-  back; pixels that fall outside the model's frame are unknown (mask 0). The
+  coordinates of the frame the model started at, onto a canvas (that frame
+  plus a margin) that keeps the last values where the current frame has none,
+  and the mask is warped back; pixels that fall outside the canvas are unknown
+  (mask 0). The
   model is started afresh when the camera has drifted so far that less than
   ``MIN_OVERLAP`` of the model's frame is still seen; at a new epoch it carries
   on from the new reference as it would without compensation.
@@ -64,7 +69,9 @@ MODES = ("auto", "off")
 EST_WIDTH = 320          # registration runs on a grey copy at most this wide
 DEAD_BAND = 1.0          # registered pixels: a relation moving no frame corner further is not applied
 MIN_OVERLAP = 0.6        # MOG2/KNN: model restarted when less of its frame is seen
+MARGIN = 0.05            # MOG2/KNN: the model's canvas extends this share of the width beyond its frame
 MISFIT_GREY = 12         # grey levels: a registered pixel differing more from the reference misfits
+STAY_SHARE = 0.75        # corners still where the last estimate puts them, as a share of the best fit's: no move
 SNAP = 0.25              # registered pixels: a fit moving no frame corner further from the last estimate keeps it
 LK_WINDOW, LK_LEVELS = (11, 11), 2   # 2 levels follow ~20 px per frame from the last estimate
 
@@ -93,6 +100,8 @@ class StabilizerSettings:
     renew_shift: float = 0.15      # renew when the reference has moved by this fraction of the width
     max_zoom: float = 0.15         # |scale - 1| beyond this is implausible for one frame
     max_rotation: float = 8.0      # degrees; beyond this is implausible
+    max_zoom_step: float = 0.03    # |scale - 1| since the last estimate: a zoom lens changes slowly
+    max_rotation_step: float = 3.0  # degrees since the last estimate
     lost_after: int = 3            # unreliable frames in a row before a new epoch starts
     ransac_px: float = 1.0         # RANSAC reprojection threshold at registration size
 
@@ -160,6 +169,7 @@ class Stabilizer:
         self._anchor = None          # grey reference at registration size
         self._points = None          # (N, 1, 2) float32 corners of the reference
         self._anchor_pose = None     # 3x3 epoch -> reference, registration pixels
+        self._root = None            # (image, corners) of the epoch's first reference (pose identity)
         self._guess = np.eye(3)      # reference -> last reliable frame (LK's starting point)
         self._fails = 0
         self._k = 1.0                # registration pixels per input pixel
@@ -181,16 +191,18 @@ class Stabilizer:
             interpolation=cv2.INTER_AREA)
         if self._anchor is None or self._fails >= self.s.lost_after:
             return self._start_epoch(small)
-        pose, confidence = self._register(small)
-        if pose is None:
+        m, confidence = self._fit(self._anchor, self._points, self._guess, small)
+        if m is None:
             self._fails += 1
             return Motion(None, self.epoch, confidence, "unreliable", self._size)
         self._fails = 0
+        self._guess = m
+        pose = m @ self._anchor_pose
         status = "ok"
-        if confidence < self.s.renew_below or displacement(self._guess, small.shape[::-1]) > \
+        if confidence < self.s.renew_below or displacement(m, small.shape[::-1]) > \
                 self.s.renew_shift * small.shape[1]:
-            if self._set_anchor(small, pose):
-                status = "renewed"
+            pose = self._renew(small, pose)
+            status = "renewed"
         return Motion(rescaled(pose, 1 / self._k), self.epoch, confidence, status, self._size)
 
     # --- internals -------------------------------------------------------------
@@ -200,7 +212,26 @@ class Stabilizer:
             return Motion(None, self.epoch, 0.0, "unreliable", self._size)
         self.epoch += 1
         self._fails = 0
+        self._root = (self._anchor, self._points)
         return Motion(np.eye(3), self.epoch, 1.0, "anchor" if self.epoch == 0 else "reanchored", self._size)
+
+    def _renew(self, small: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """The reference's corners wore out or the camera drifted from it. Registered directly against
+        the epoch's first reference (not through the chain of references since), the frame's pose has
+        no accumulated error; if that reference still registers well it becomes the reference again
+        (a still or shaking camera keeps its first reference for good), else this frame does, with
+        the direct pose when there is one. Returns the frame's pose."""
+        root_image, root_points = self._root
+        if root_image is not self._anchor:
+            m, confidence = self._fit(root_image, root_points, pose, small)
+            if m is not None:
+                pose = m
+                if confidence >= self.s.renew_below:
+                    self._anchor, self._points, self._anchor_pose, self._guess = root_image, root_points, np.eye(3), m
+                    return pose
+        if self._set_anchor(small, pose):
+            self._guess = np.eye(3)
+        return pose
 
     def _set_anchor(self, small: np.ndarray, pose: np.ndarray) -> bool:
         h, w = small.shape
@@ -214,60 +245,95 @@ class Stabilizer:
         self._guess = np.eye(3)
         return True
 
-    def _register(self, small: np.ndarray) -> tuple[np.ndarray | None, float]:
-        pts = self._points
-        g = self._guess
+    def _fit(self, anchor: np.ndarray, pts: np.ndarray, g: np.ndarray,
+             small: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """The map ``anchor`` -> ``small`` (3x3) from the corners ``pts`` followed from where the
+        estimate ``g`` puts them, and its confidence; (None, confidence) when unreliable."""
         start = (pts.reshape(-1, 2) @ g[:2, :2].T + g[:2, 2]).astype(np.float32).reshape(-1, 1, 2)
         moved, found, _ = cv2.calcOpticalFlowPyrLK(
-            self._anchor, small, pts, start.copy(), winSize=LK_WINDOW, maxLevel=LK_LEVELS,
+            anchor, small, pts, start.copy(), winSize=LK_WINDOW, maxLevel=LK_LEVELS,
             criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 10, 0.03),
             flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
         found = found.reshape(-1).astype(bool)
         if found.sum() < self.s.min_inliers:
             return None, 0.0
-        m, inliers = cv2.estimateAffinePartial2D(pts[found], moved[found], method=cv2.RANSAC,
-                                                 ransacReprojThreshold=self.s.ransac_px,
-                                                 maxIters=500, confidence=0.995, refineIters=10)
-        if m is None:
-            return None, 0.0
-        n = int(inliers.sum())
-        confidence = n / len(pts)
-        zoom = math.hypot(m[0, 0], m[1, 0])
-        angle = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
-        if n < self.s.min_inliers or confidence < self.s.min_confidence or \
-                abs(zoom - 1) > self.s.max_zoom or angle > self.s.max_rotation:
-            return None, confidence
-        m = _as3(m)
-        near = np.linalg.norm(moved[found].reshape(-1, 2) - start[found].reshape(-1, 2), axis=1)
+        src, dst = pts[found], moved[found]
+        near = np.linalg.norm(dst.reshape(-1, 2) - start[found].reshape(-1, 2), axis=1)
         stayed = int((near <= self.s.ransac_px / 2).sum())   # tracks the last estimate still explains
-        if displacement(m @ np.linalg.inv(g), small.shape[::-1]) <= SNAP:
-            m = g   # within the noise of the last estimate: keep it, so renewals do not chain noise
-        elif n <= stayed or _misfit(self._anchor, small, m) >= _misfit(self._anchor, small, g):
-            # the fit moved away from the last estimate but explains no more tracks or does not bring
-            # more of the reference onto the frame: its inliers are a group of moving objects
-            # (vehicles coming towards a still camera in a scene with little texture), not the
-            # scene; keep the last estimate if enough tracks still agree with it
-            n = stayed
-            confidence = n / len(pts)
-            if n < self.s.min_inliers or confidence < self.s.min_confidence:
-                return None, confidence
-            m = g
-        self._guess = m
-        return self._guess @ self._anchor_pose, confidence
+        candidates: list[tuple[np.ndarray, int]] = []
+        for _ in range(2):   # the largest consistent group, then the largest among the rest
+            if len(src) < self.s.min_inliers:
+                break
+            m, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                                     ransacReprojThreshold=self.s.ransac_px,
+                                                     maxIters=500, confidence=0.995, refineIters=10)
+            if m is None:
+                break
+            inliers = inliers.reshape(-1).astype(bool)
+            for m, n in ((_as3(m), int(inliers.sum())), self._shift(src, dst, inliers)):
+                if n < self.s.min_inliers or not self._plausible(m, g):
+                    continue
+                if displacement(m @ np.linalg.inv(g), small.shape[::-1]) <= SNAP:
+                    m = g   # within the noise of the last estimate: keep it, so renewals do not chain noise
+                candidates.append((m, n))
+            src, dst = src[~inliers], dst[~inliers]
+        most = max((n for _, n in candidates), default=0)
+        if stayed >= max(self.s.min_inliers, STAY_SHARE * most):
+            # enough corners are exactly where the last estimate puts them: the camera has not moved
+            # since (a real move, even of one pixel, moves every scene corner away). Whatever else
+            # moved is vehicles: in a scene with little texture they can form the largest
+            # consistent group of tracks (oncoming vehicles fit a zoom)
+            return g, stayed / len(pts)
+        if not candidates:
+            return None, most / len(pts)
+        best, best_n = candidates[0]
+        if len(candidates) > 1:   # the one that brings more of the reference onto the frame
+            best, best_n = min(candidates, key=lambda c: _misfit(anchor, small, c[0]))
+        confidence = best_n / len(pts)
+        if confidence < self.s.min_confidence:
+            return None, confidence
+        return best, confidence
+
+    def _shift(self, src: np.ndarray, dst: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, int]:
+        """The plain shift of a group of tracks, and how many tracks it explains: a few corners on
+        swaying trees or vehicles can tilt a similarity fit by a fraction of a degree and a percent
+        of zoom, which moves the frame's corners by pixels."""
+        d = (dst - src).reshape(-1, 2)
+        t = np.median(d[inliers], axis=0)
+        close = np.linalg.norm(d - t, axis=1) <= self.s.ransac_px
+        shift = np.eye(3)
+        shift[:2, 2] = d[close].mean(axis=0) if close.any() else t
+        return shift, int(close.sum())
+
+    def _plausible(self, m: np.ndarray, g: np.ndarray) -> bool:
+        """Zoom and roll within the limits, against the reference and since the last estimate."""
+        step = m @ np.linalg.inv(g)
+        for a, zoom_limit, angle_limit in ((m, self.s.max_zoom, self.s.max_rotation),
+                                           (step, self.s.max_zoom_step, self.s.max_rotation_step)):
+            zoom = math.hypot(a[0, 0], a[1, 0])
+            angle = abs(math.degrees(math.atan2(a[1, 0], a[0, 0])))
+            if abs(zoom - 1) > zoom_limit or angle > angle_limit:
+                return False
+        return True
 
 
 def _misfit(reference: np.ndarray, small: np.ndarray, m: np.ndarray) -> float:
     """Fraction of the pixels that ``m`` (3x3) brings from ``reference`` which differ from ``small`` by
-    more than ``MISFIT_GREY`` grey levels (a count, so a few large differences on vehicles weigh no
-    more than the many small ones of a misplaced background)."""
+    more than ``MISFIT_GREY`` grey levels after matching the mean brightness (a count, so a few large
+    differences on vehicles weigh no more than the many small ones of a misplaced background, and a
+    global change of light is no misfit). Every other row and column."""
     h, w = small.shape
-    warped = cv2.warpAffine(reference, m[:2], (w, h), flags=cv2.INTER_LINEAR,
+    half = np.diag([0.5, 0.5, 1.0]) @ m   # the warp sampled at the even pixels of ``small``
+    size = ((w + 1) // 2, (h + 1) // 2)
+    warped = cv2.warpAffine(reference, half[:2], size, flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    seen = cv2.warpAffine(np.ones_like(reference), m[:2], (w, h), flags=cv2.INTER_NEAREST,
+    seen = cv2.warpAffine(np.ones_like(reference), half[:2], size, flags=cv2.INTER_NEAREST,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     if not seen.any():
         return math.inf
-    return float((cv2.absdiff(warped, small)[seen] > MISFIT_GREY).mean())
+    a, b = warped[seen].astype(np.float32), small[::2, ::2][seen].astype(np.float32)
+    a *= b.mean() / max(float(a.mean()), 1.0)
+    return float((np.abs(a - b) > MISFIT_GREY).mean())
 
 
 def relation(pose_to: np.ndarray, pose_from: np.ndarray) -> np.ndarray:
@@ -298,6 +364,13 @@ class ModelFrame:
     reused between frames) and whether the model must be started afresh;
     ``from_model(mask)`` brings its mask back to the frame, 0 where unknown.
     ``k``: input pixels per registered pixel.
+
+    The canvas is the model's frame plus a margin of ``MARGIN`` times the width on
+    every side (first filled by repeating the edge of the model's first frame), so a
+    shaken frame still lands inside it and its edge pixels get a mask: without the
+    margin every pixel that the shake had moved out of the model's frame came back as
+    background, and on the synthetic `jitter` family (up to 8 px between two frames)
+    MOG2 lost more true foreground along the edges than compensation gained inside.
     """
 
     def __init__(self):
@@ -305,12 +378,14 @@ class ModelFrame:
         self._origin = None     # pose of the model's first frame (registration pixels)
         self._last = None       # frame -> model map of the last reliable frame (input pixels)
         self._canvas = None
-        self._inverse = None    # model -> frame map of the current frame, None = identity
+        self._pad = 0           # margin of the canvas, input pixels
+        self._shape = None      # shape of the input frames
+        self._inverse = None    # canvas -> frame map of the current frame, None = the canvas's centre
         self._mask = None
 
     def to_model(self, image: np.ndarray, motion: Motion, k: float) -> tuple[np.ndarray, bool]:
         h, w = image.shape[:2]
-        fresh = self._canvas is None or self._canvas.shape != image.shape
+        fresh = self._canvas is None or self._shape != image.shape
         if not fresh and motion.pose is not None:
             if motion.epoch != self._epoch:
                 # registration was lost and found again: no relation to the old frames is known, so
@@ -324,26 +399,32 @@ class ModelFrame:
                     fresh = True
                 else:
                     self._last = m
+        p = self._pad
         if fresh:
             self._epoch = motion.epoch if motion.pose is not None else None
             self._origin = motion.pose
             self._last = np.eye(3)
-            self._canvas = image.copy()
+            self._shape = image.shape
+            p = self._pad = max(1, round(MARGIN * w))
+            self._canvas = cv2.copyMakeBorder(image, p, p, p, p, cv2.BORDER_REPLICATE)
             self._inverse = None
             return self._canvas, True
         m = self._last
         if displacement(m, (w, h)) <= DEAD_BAND * k:
-            np.copyto(self._canvas, image)
+            np.copyto(self._canvas[p:p + h, p:p + w], image)
             self._inverse = None
         else:
-            warp_into(image, m, self._canvas)
-            self._inverse = np.linalg.inv(m)
+            into = m.copy()
+            into[:2, 2] += p   # the model's frame sits at (p, p) in the canvas
+            warp_into(image, into, self._canvas)
+            self._inverse = np.linalg.inv(into)
         return self._canvas, False
 
     def from_model(self, mask: np.ndarray) -> np.ndarray:
+        h, w = self._shape[:2]
+        p = self._pad
         if self._inverse is None:
-            return mask
-        h, w = mask.shape[:2]
+            return mask[p:p + h, p:p + w]
         return cv2.warpAffine(mask, self._inverse[:2], (w, h), flags=cv2.INTER_NEAREST,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
