@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 from pipeline.errors import ConfigError, PipelineError, SourceError, StageError
 from pipeline.frame import Frame
 from pipeline.gpu import HostSide
+from pipeline.memory import release_free_heap
 from pipeline.observability import Observer, RunReport
 from pipeline.observability.stats import REASON_SHUTDOWN, REASON_STAGE_ERROR
 from pipeline.queues import EndOfStream, FrameQueue
@@ -490,6 +491,7 @@ class Graph:
                 on_progress(self.progress())
             if next_summary is not None and time.monotonic() >= next_summary:
                 self.observer.write_summaries(self._outputs, final=False)
+                release_free_heap()  # a long run keeps no burst's high-water mark as resident memory
                 next_summary = time.monotonic() + self.summary_interval_s
 
     def _watch(self) -> None:

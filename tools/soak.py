@@ -10,7 +10,9 @@ outputs are segmented (``outputs.segment_s``, every minute here) where the
 build has segmented sinks.
 
 Every ``--every`` frames written it records one row: frames in, written and
-dropped so far, resident memory (RSS), open file descriptors, and the
+dropped so far, resident memory (RSS) and the heap malloc has handed out
+(glibc's mallinfo2: RSS minus it is code, libraries and pages the allocator
+keeps), open file descriptors, and the
 end-to-end latency p50/p99 of the frames of that window. The verdict compares
 RSS after warm-up (the first row) with the last row, and the fd counts.
 
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.graph import Graph, build_stages  # noqa: E402
+from pipeline.memory import heap_in_use_mib  # noqa: E402
 from pipeline.observability.logs import configure_logging  # noqa: E402
 from pipeline.observability.stats import recent_latencies  # noqa: E402
 from pipeline.sources import open_source  # noqa: E402
@@ -206,6 +209,7 @@ def take_row(graph, rows: list, state: dict, args, t0: float, ended: bool, force
     dropped = sum(graph.observer.dropped_by_reason("soak").values())
     rows.append({"written": stream.processed, "in": stream.frames_in, "dropped": dropped,
                  "elapsed_s": round(time.monotonic() - t0, 1), "rss_mib": round(rss_mib(), 1),
+                 "heap_mib": None if (heap := heap_in_use_mib()) is None else round(heap, 1),
                  "fds": open_fds(), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
                  "after_end": ended})
     print(json.dumps(rows[-1]), flush=True)
@@ -236,11 +240,13 @@ def markdown(out: dict) -> str:
              f"the last row while running {out['rss_growth_pct_after_warmup']} %; open fds while running "
              f"{sorted(set(out['fds']))}; {out.get('segments', 0)} segments; "
              f"machine {out['machine']['cores']} cores (shared).", "",
-             "| frames written | elapsed s | frames in | dropped | RSS MiB | open fds | p50 ms | p99 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| frames written | elapsed s | frames in | dropped | RSS MiB | heap in use MiB | open fds | p50 ms "
+             "| p99 ms |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in out["rows"]:
         written = f"{r['written']} (after the end)" if r["after_end"] else r["written"]
         lines.append(f"| {written} | {r['elapsed_s']} | {r['in']} | {r['dropped']} | {r['rss_mib']} | "
+                     f"{r.get('heap_mib', '')} | "
                      f"{r['fds']} | {r['p50_ms']} | {r['p99_ms']} |")
     return "\n".join(lines) + "\n"
 
