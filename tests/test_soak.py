@@ -31,6 +31,21 @@ def test_short_soak_writes_rows_and_a_table(tmp_path):
     assert all(r["rss_mib"] > 0 and r["fds"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert result["rss_growth_pct_after_warmup"] is not None
     assert "| frames written |" in table.read_text() and str(rows[0]["written"]) in table.read_text()
+    # --render prints the same table again from the JSON, the trend recomputed from its rows
+    again = subprocess.run([sys.executable, str(ROOT / "tools" / "soak.py"), "--render", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and str(rows[-1]["rss_mib"]) in again.stdout, again.stderr[-2000:]
+
+
+def test_rss_trend_is_the_least_squares_slope_per_10k_frames():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from soak import rss_trend
+
+    # +0.5 MiB per 10,000 frames under a +-1.5 MiB swing that starts low and ends high: the end points
+    # alone say +7.5 MiB over 90,000 frames (0.83 per 10,000); the slope stays near 0.5
+    rows = [{"written": k * 10_000, "rss_mib": 200 + 0.5 * k + (1.5 if k % 2 == 0 else -1.5)} for k in range(1, 11)]
+    assert abs(rss_trend(rows) - 0.5) < 0.15 and rows[-1]["rss_mib"] - rows[0]["rss_mib"] == 7.5
+    assert rss_trend(rows[:2]) is None
 
 
 def test_ctrl_c_stops_the_soak_and_still_writes_the_report(tmp_path):
