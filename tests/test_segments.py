@@ -284,6 +284,29 @@ def test_max_disk_gb_counts_every_file_and_keeps_room_for_the_open_segment(tmp_p
         writer_ended(busy.folder)
 
 
+@pytest.mark.parametrize("live_segment_s, age_s, deletes", [(60.0, 15, True), (60.0, 3, False), (None, 15, False)])
+def test_a_first_live_segment_is_sized_from_its_rate_so_far(tmp_path, live_segment_s, age_s, deletes):
+    """No closed segment to size it from: a live one's bytes so far are extrapolated to its cut time."""
+    from pipeline.sinks.segments import writer_ended, writer_started
+
+    minute = 1796174100.0  # a multiple of 60 s
+    start, now = minute + 5, minute + 5 + age_s  # live cuts at minute + 60: 55 s long
+    old = [fake_segment(tmp_path, "cam2", utc_stem(minute - 3600 + 600 * i), 100_000, minute - 3600 + 600 * i)
+           for i in range(3)]  # 3 x 200 kB of an earlier run, not being written
+    busy = Segment((tmp_path / "cam").resolve(), utc_stem(start))
+    fake_segment(tmp_path, "cam", busy.stem, 25_000, now)  # 50 kB so far
+    busy.mark_open()
+    writer_started(busy.folder, live_segment_s)
+    try:
+        # 650 kB on disk under a 700 kB cap; at 50 kB per 15 s the open segment reaches 183 kB by its cut
+        Retention(tmp_path, max_disk_gb=0.0007).sweep(now=now)
+        alive = [all(p.exists() for p in seg) for seg in old]
+        assert alive == ([False, True, True] if deletes else [True, True, True])
+    finally:
+        busy.mark_closed()
+        writer_ended(busy.folder)
+
+
 def test_a_new_segment_sweeps_old_ones_in_the_background(tmp_path):
     now = time.time()
     old = fake_segment(tmp_path, "cam", utc_stem(now - 50 * 3600), 10, now - 50 * 3600)

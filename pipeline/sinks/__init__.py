@@ -119,7 +119,7 @@ class StreamOutputs:
         """Close the open segment (its files get their final names) and open the next one."""
         self._close_sinks()
         if self.segments == 0:
-            writer_started(self.folder)
+            writer_started(self.folder, self.segment_s if self._clock.live else None)
             for path in leftover_open_files(self.folder):
                 log.warning("%s: %s was left open by a run that did not finish; it plays up to its last "
                             "fragment and keeps its name", self.stream, path.relative_to(self.folder))

@@ -68,6 +68,7 @@ CUT_GRACE_S = 0.5
 _STEM = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?(?:\.open)?(?:\.[A-Za-z0-9]+)?$")
 _OPEN: set[tuple[Path, str]] = set()  # (stream folder, stem) of segments this process is writing
 _WRITING: dict[Path, int] = {}  # stream folder -> segmented writers of this process not closed yet
+_LIVE_SEGMENT_S: dict[Path, float] = {}  # stream folder -> segment length of a live writer (cut by the wall clock)
 _OPEN_LOCK = threading.Lock()
 
 
@@ -134,11 +135,15 @@ class Segment:
             _OPEN.discard((self.folder, self.stem))
 
 
-def writer_started(folder: Path) -> None:
+def writer_started(folder: Path, live_segment_s: float | None = None) -> None:
     """A segmented writer of this process writes under ``folder`` (a stream folder) until ``writer_ended``;
-    retention keeps room for its open segment to grow, also in the moment between two segments."""
+    retention keeps room for its open segment to grow, also in the moment between two segments.
+    ``live_segment_s``: the length of its segments when they are cut by the wall clock (live), which
+    lets retention size a first segment that has no closed one before it."""
     with _OPEN_LOCK:
         _WRITING[folder] = _WRITING.get(folder, 0) + 1
+        if live_segment_s:
+            _LIVE_SEGMENT_S[folder] = float(live_segment_s)
 
 
 def writer_ended(folder: Path) -> None:
@@ -148,6 +153,7 @@ def writer_ended(folder: Path) -> None:
             _WRITING[folder] = n
         else:
             _WRITING.pop(folder, None)
+            _LIVE_SEGMENT_S.pop(folder, None)
 
 
 def leftover_open_files(folder: Path) -> list[Path]:
@@ -247,15 +253,31 @@ def _tree_bytes(root: Path) -> int:
 RECENT_SEGMENTS = 3
 
 
-def _growth_room(groups: list[_Group], busy: set, writing: set) -> int:
+#: a first live segment younger than this is not extrapolated (too few bytes to say its rate)
+MIN_PROJECTION_S = 5.0
+
+
+def _growth_room(groups: list[_Group], busy: set, writing: set, live_segment_s: dict | None = None,
+                 now: float | None = None) -> int:
     """Bytes the open segments of this process's streams may still add: per stream that writes, the largest
-    of its last closed segments less what its open one holds already (0 for a stream with none closed yet)."""
+    of its last closed segments less what its open one holds already. A live stream with none closed yet
+    has its open segment's rate so far extrapolated to the segment's cut time (from 5 s of age on)."""
     room = 0
+    live_segment_s = live_segment_s or {}
     for folder in writing:
         mine = [g for g in groups if g.folder == folder]
         closed = [g.size for g in mine if (g.folder, g.stem) not in busy][-RECENT_SEGMENTS:]
-        open_now = sum(g.size for g in mine if (g.folder, g.stem) in busy)
-        room += max(0, max(closed, default=0) - open_now)
+        opened = [g for g in mine if (g.folder, g.stem) in busy]
+        open_now = sum(g.size for g in opened)
+        expected = max(closed, default=0)
+        if not closed and opened and folder in live_segment_s and now is not None:
+            start = min(g.start for g in opened)
+            length = live_segment_s[folder]
+            cut = (math.floor(start / length) + 1) * length  # live segments end at multiples of their length
+            age = now - start
+            if age >= MIN_PROJECTION_S:
+                expected = open_now * max((cut - start) / age, 1.0)
+        room += max(0, int(expected) - open_now)
     return room
 
 
@@ -339,10 +361,11 @@ class Retention:
         cutoff = None if self.keep_hours is None else now - self.keep_hours * 3600.0
         with _OPEN_LOCK:
             busy, writing = set(_OPEN), {f.resolve() for f in _WRITING}
+            live_segment_s = {f.resolve(): v for f, v in _LIVE_SEGMENT_S.items()}
         used = room = 0
         if budget is not None:
             used = _tree_bytes(self.root)  # every file, not only the segments
-            room = _growth_room(groups, busy, writing)
+            room = _growth_room(groups, busy, writing, live_segment_s, now)
         total = used + room
         deleted = []
         for g in groups:  # oldest first
