@@ -407,8 +407,10 @@ class Graph:
     def _call(self, node: StageNode, frames: list) -> Sequence[Frame]:
         t = time.perf_counter()
         result = node.stage.process(frames)
-        self.observer.stage_call(node.name, time.perf_counter() - t, len(frames), [f.stream for f in frames],
-                                 getattr(node.stage, "engine_info", None))
+        seconds = time.perf_counter() - t
+        engine = getattr(node.stage, "engine_info", None)
+        # only a learned stage's calls say which streams ran on its engine (the others skip the list)
+        self.observer.stage_call(node.name, seconds, len(frames), [f.stream for f in frames] if engine else (), engine)
         return frames if result is None else result
 
     def _sink_worker(self, q_in: FrameQueue, outputs: dict) -> None:

@@ -169,7 +169,7 @@ def chain_of(nodes, stages: dict) -> list[dict]:
 
 def run_graph(config) -> dict:
     """Build the stages and run them with the run command's builders; raise the run's first error."""
-    from pipeline.commands.run import live_overrides, open_sources
+    from pipeline.commands.run import open_sources
     from pipeline.graph import Graph, build_stages
     from pipeline.sinks.summary import latency_stats
 
@@ -177,7 +177,7 @@ def run_graph(config) -> dict:
     sources = open_sources(config)
     try:
         graph = Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
-                      policy=config.runtime.policy, max_frames=None, live=live_overrides(config, sources),
+                      policy=config.runtime.policy, max_frames=None,
                       summary_interval_s=config.runtime.summary_interval_s)
     except BaseException:
         for s in sources:

@@ -54,16 +54,6 @@ def open_sources(config, failed: list | None = None) -> list:
     return sources
 
 
-def live_overrides(config, sources) -> dict:
-    """Stream name -> the input's ``live``, for callers that pass it by name (the graph prefers the source's)."""
-    return {s.name: s.live_override for s in sources if getattr(s, "live_override", None) is not None}
-
-
-def stall_timeouts(config, sources) -> dict:
-    """Stream name -> the input's ``stall_timeout_s`` (the graph prefers the value the source carries)."""
-    return {s.name: s.stall_timeout_s for s in sources if getattr(s, "stall_timeout_s", None) is not None}
-
-
 class Progress:
     """tqdm bar over processed frames (total known for files), with frames/s and drops."""
 
@@ -111,8 +101,7 @@ def graph_for(config, nodes, sources) -> Graph:
     try:
         return Graph(nodes, config.output, config.outputs, queue_size=config.runtime.queue_size,
                      policy=config.runtime.policy, max_frames=config.runtime.max_frames,
-                     live=live_overrides(config, sources), summary_interval_s=config.runtime.summary_interval_s,
-                     stall_timeout_s=stall_timeouts(config, sources))
+                     summary_interval_s=config.runtime.summary_interval_s)  # live, stall_timeout_s: on the sources
     except BaseException:
         for s in sources:
             s.close()
