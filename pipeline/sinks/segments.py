@@ -272,9 +272,9 @@ def _growth_room(groups: list[_Group], busy: set, writing: set, live_segment_s: 
         expected = max(closed, default=0)
         if not closed and opened and folder in live_segment_s and now is not None:
             start = min(g.start for g in opened)
-            length = live_segment_s[folder]
-            cut = (math.floor(start / length) + 1) * length  # live segments end at multiples of their length
-            age = now - start
+            clock = SegmentClock(live_segment_s[folder], live=True)
+            clock.due(start)  # the cut the writer's own clock set for a segment opened at `start`
+            cut, age = clock.end, now - start
             if age >= MIN_PROJECTION_S:
                 expected = open_now * max((cut - start) / age, 1.0)
         room += max(0, int(expected) - open_now)
