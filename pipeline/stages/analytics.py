@@ -75,6 +75,7 @@ class AnalyticsStage(Stage):
                 raise StageError(f"stream {frame.stream} frame {frame.index}",
                                  "analytics needs 'objects' from the blobs stage before it")
             state = self._state(frame)
+            objects = [o for o in objects if not o.get("fragment")]  # shadow or smear pieces
             boxes = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
             tracks = [int(o["track"]) for o in objects]
             occluded = [bool(o.get("occluded")) for o in objects]
