@@ -343,7 +343,9 @@ def run_seed(seed: int, args) -> dict:
     variants = [(t, mo, sp, bv) for t in args.trackers for mo in args.max_occluded for sp in args.split
                 for bv in args.blobs]
     for tracker, max_occluded, split, extra in variants:
-        blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded, "min_age": args.min_age}
+        blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded}
+        if args.min_age is not None:
+            blob_values["min_age"] = args.min_age
         if split == "off":
             blob_values.update(split_growth=0, split_width=0)
         blob_values.update(json.loads(extra))
@@ -378,7 +380,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-occluded", type=int, nargs="+", default=[25],
                    help="blobs.max_occluded: frames a track is carried inside another's blob (0 = off); "
                         "several values are each run on the same masks")
-    p.add_argument("--min-age", type=int, default=3, help="blobs.min_age")
+    p.add_argument("--min-age", type=int, default=None, help="blobs.min_age (default: the stage's)")
     p.add_argument("--split", nargs="+", choices=("on", "off"), default=["on"],
                    help="the blob stage's split rules (split_growth, split_width) at their defaults, or off; "
                         "both are run on the same masks when both are given")
