@@ -315,7 +315,7 @@ class BlobStage(Stage):
         aspect: list = field(default_factory=lambda: [0.0, float("inf")])  # kept width/height range
         min_fill: float = 0.0         # smallest share of its box a component must cover
         max_occluded: int = 25        # frames a track is carried inside another's blob (0 = off)
-        min_age: int = 2              # frames a track must have been seen before it can be occluded
+        min_age: int = 3              # frames a track must have been seen before it can be occluded
         # name -> polygon [[x, y], ...] (pixels, or fractions when all <= 1) whose pixels are never
         # foreground: on-screen captions, timestamps
         ignore: dict = field(default_factory=dict)
