@@ -245,6 +245,8 @@ def test_a_vehicle_entering_at_the_border_moves_with_its_uncut_edge():
     assert _edge_step(np.array([100., 270, 40, 30]), np.array([100., 258, 40, 42]), size).tolist() == [0, -12]
     assert _edge_step(np.array([0., 100, 30, 20]), np.array([0., 100, 38, 20]), size).tolist() == [8, 0]
     assert _edge_step(np.array([100., 0, 40, 300]), np.array([104., 0, 40, 300]), size) is None
+    # cut at the bottom, but 15 -> 61 px wide: the piece changed shape, its centre's step is no motion
+    assert _edge_step(np.array([12., 234, 15, 6]), np.array([6., 226, 61, 14]), size) is None
     tracker = BoxTracker(match_iou=0.2, match_distance=0.75, max_missed=3)
     for k in range(3):
         tracker.update(np.array([[100, 270 - 12 * k, 40, 30 + 12 * k]]), size)

@@ -268,7 +268,9 @@ def _clear_of(box: np.ndarray, size: tuple[int, int]) -> bool:
 def _edge_step(old: np.ndarray, new: np.ndarray, size: tuple[int, int]) -> "np.ndarray | None":
     """A vehicle's motion between two boxes of which one or both are cut by the picture's border:
     per axis, the step of the edge that no border cuts in either box (the centre's where neither
-    edge is cut); None when a box spans the picture on an axis, so no edge of it moved visibly."""
+    edge is cut). None when a box spans the picture on an axis, so no edge of it moved visibly, or
+    when on an axis that no border cuts the box's size changed by more than 30 % (the blob changed
+    shape there: a piece of a long lorry growing as it enters gave a made-up motion)."""
     step = []
     for k in (0, 1):
         lo_cut = old[k] <= 0 or new[k] <= 0
@@ -280,6 +282,8 @@ def _edge_step(old: np.ndarray, new: np.ndarray, size: tuple[int, int]) -> "np.n
         elif lo_cut:
             step.append(new[k] + new[k + 2] - old[k] - old[k + 2])
         else:
+            if abs(new[k + 2] - old[k + 2]) > 0.3 * old[k + 2]:
+                return None  # a blob that changed its shape there: its centre did not move with the vehicle
             step.append(new[k] + new[k + 2] / 2 - old[k] - old[k + 2] / 2)
     return np.array(step, np.float64)
 
