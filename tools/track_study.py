@@ -111,10 +111,10 @@ class MotpyTracker:
         return self._next_id - 1
 
 
-def detect(gen: SceneGenerator, frames: int, detector: str, stream: str):
+def detect(gen: SceneGenerator, frames: int, detector: str, stream: str, msfgnet: dict | None = None):
     """Masks of the foreground stages, the exact vehicles and the haze scores, per frame."""
     if detector == "msfgnet":
-        names = [("dehaze", {"when": "auto"}), ("msfgnet", {})]
+        names = [("dehaze", {"when": "auto"}), ("msfgnet", dict(msfgnet or {}))]
     elif detector == "truth":  # the exact masks: scores the tracker and the analytics alone
         names = []
     else:
@@ -143,9 +143,11 @@ def detect(gen: SceneGenerator, frames: int, detector: str, stream: str):
 def cached_detect(gen: SceneGenerator, args, stream: str):
     """``detect``, kept in ``args.cache`` (one npz per seed and scene settings) so that several
     blob variants, or a later run, score the same masks without running the detector again."""
+    msfgnet = json.loads(args.msfgnet) if args.detector == "msfgnet" else {}
     if args.cache is None:
-        return detect(gen, args.frames, args.detector, stream)
-    key = (f"{args.detector}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
+        return detect(gen, args.frames, args.detector, stream, msfgnet)
+    settings = "".join(f"-{k}{v}" for k, v in sorted(msfgnet.items()))  # none: the stage defaults
+    key = (f"{args.detector}{settings}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
            f"_haze{args.haze}_{args.nuisances}.npz")
     path = Path(args.cache) / key
     if path.exists():
@@ -155,7 +157,7 @@ def cached_detect(gen: SceneGenerator, args, stream: str):
             for o in objs:
                 o["box"], o["base"] = tuple(o["box"]), tuple(o["base"])
         return list(data["masks"]), truth, list(data["dehazed"])
-    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream)
+    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream, msfgnet)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, masks=np.stack(masks), truth=json.dumps(truth), dehazed=np.asarray(dehazed))
     return masks, truth, dehazed
@@ -373,6 +375,8 @@ def main(argv=None) -> int:
     p.add_argument("--haze", type=float, default=0.4)
     p.add_argument("--nuisances", default="mild")
     p.add_argument("--detector", choices=("msfgnet", "mog2", "truth"), default="msfgnet")
+    p.add_argument("--msfgnet", default="{}",
+                   help="JSON of msfgnet stage settings over the defaults, e.g. '{\"threshold\": 0.7}'")
     p.add_argument("--trackers", nargs="+", choices=("greedy", "motpy"), default=["greedy", "motpy"])
     p.add_argument("--line", type=float, default=0.8, help="row of the counting line, fraction of the height")
     p.add_argument("--min-area", type=float, default=300.0, help="smallest true box scored by motmetrics, px")
