@@ -75,12 +75,15 @@ def family_sequences(family: str, split: str):
 
 
 def score_family(method: str, family: str, split: str, weights: str | None,
-                 stabilize: str | None = None) -> dict[str, float]:
-    """Confusion summed over the family's sequences -> CDnet metrics, plus frames/s of the method."""
+                 stabilize: str | None = None, thresholds: list[float] | None = None) -> dict[str, float]:
+    """Confusion summed over the family's sequences -> CDnet metrics, plus frames/s of the method.
+    With ``thresholds`` (msfgnet) the probability of the same pass is also scored at each of them,
+    under ``by_threshold``."""
     options = {"weights": weights} if method == "msfgnet" and weights else {}
     if stabilize is not None:
         options["stabilize"] = stabilize
     confusion, busy, count = Confusion(), 0.0, 0
+    swept = {t: Confusion() for t in (thresholds or [])}
     stage = build_stage(method, **options)
     compensation = getattr(stage.config, "stabilize", "absent (no camera-motion compensation in this checkout)")
     if stabilize is not None and compensation != stabilize:
@@ -96,8 +99,12 @@ def score_family(method: str, family: str, split: str, weights: str | None,
                 count += 1
                 if scored:
                     confusion.add(frame.data["mask"], labels, roi)
+                    for t, c in swept.items():
+                        c.add(np.where(np.asarray(frame.data["fg_prob"]) > t, 255, 0).astype(np.uint8), labels, roi)
             stage.reset_stream(name)
     metrics = confusion.metrics()
+    if swept:
+        metrics["by_threshold"] = {f"{t:g}": c.metrics() for t, c in swept.items()}
     metrics["fps"] = count / busy if busy else math.nan
     metrics["stabilize"] = compensation
     return metrics
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="msfgnet: manifest-listed ONNX graph or a `hazeflow adapt` folder")
     p.add_argument("--stabilize", choices=("auto", "off"), default=None,
                    help="camera-motion compensation of every stage (default: the stages' own default)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None,
+                   help="msfgnet: also score its probability at each of these thresholds (one pass)")
     p.add_argument("--json", default=None, metavar="FILE")
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -139,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     for family in families:
         results[family] = {}
         for method in methods:
-            results[family][method] = score_family(method, family, args.split, args.weights, args.stabilize)
+            results[family][method] = score_family(method, family, args.split, args.weights, args.stabilize,
+                                                   args.thresholds if method == "msfgnet" else None)
             m = results[family][method]
             print(f"{args.split} {family:15s} {method:8s} F {m['F-measure']:.4f} "
                   f"(P {m['Precision']:.3f} R {m['Recall']:.3f}) {m['fps']:.0f} frames/s", file=sys.stderr, flush=True)
+            for t, mt in m.get("by_threshold", {}).items():
+                print(f"{args.split} {family:15s} {method:8s} threshold {t}: F {mt['F-measure']:.4f} "
+                      f"(P {mt['Precision']:.3f} R {mt['Recall']:.3f})", file=sys.stderr, flush=True)
     report = {"split": args.split, "weights": args.weights or "weights/msfgnet.onnx (stage default)",
               "seeds": SEEDS[args.split], "highway_frames": HIGHWAY_FRAMES[args.split], "families": results,
               "mean_F_synthetic": {m: _mean([results[f][m]["F-measure"] for f in results if f in SYNTHETIC])

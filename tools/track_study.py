@@ -111,10 +111,10 @@ class MotpyTracker:
         return self._next_id - 1
 
 
-def detect(gen: SceneGenerator, frames: int, detector: str, stream: str):
+def detect(gen: SceneGenerator, frames: int, detector: str, stream: str, msfgnet: dict | None = None):
     """Masks of the foreground stages, the exact vehicles and the haze scores, per frame."""
     if detector == "msfgnet":
-        names = [("dehaze", {"when": "auto"}), ("msfgnet", {})]
+        names = [("dehaze", {"when": "auto"}), ("msfgnet", dict(msfgnet or {}))]
     elif detector == "truth":  # the exact masks: scores the tracker and the analytics alone
         names = []
     else:
@@ -143,9 +143,11 @@ def detect(gen: SceneGenerator, frames: int, detector: str, stream: str):
 def cached_detect(gen: SceneGenerator, args, stream: str):
     """``detect``, kept in ``args.cache`` (one npz per seed and scene settings) so that several
     blob variants, or a later run, score the same masks without running the detector again."""
+    msfgnet = json.loads(args.msfgnet) if args.detector == "msfgnet" else {}
     if args.cache is None:
-        return detect(gen, args.frames, args.detector, stream)
-    key = (f"{args.detector}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
+        return detect(gen, args.frames, args.detector, stream, msfgnet)
+    settings = "".join(f"-{k}{v}" for k, v in sorted(msfgnet.items()))  # none: the stage defaults
+    key = (f"{args.detector}{settings}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
            f"_haze{args.haze}_{args.nuisances}.npz")
     path = Path(args.cache) / key
     if path.exists():
@@ -155,7 +157,7 @@ def cached_detect(gen: SceneGenerator, args, stream: str):
             for o in objs:
                 o["box"], o["base"] = tuple(o["box"]), tuple(o["base"])
         return list(data["masks"]), truth, list(data["dehazed"])
-    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream)
+    masks, truth, dehazed = detect(gen, args.frames, args.detector, stream, msfgnet)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, masks=np.stack(masks), truth=json.dumps(truth), dehazed=np.asarray(dehazed))
     return masks, truth, dehazed
@@ -343,7 +345,9 @@ def run_seed(seed: int, args) -> dict:
     variants = [(t, mo, sp, bv) for t in args.trackers for mo in args.max_occluded for sp in args.split
                 for bv in args.blobs]
     for tracker, max_occluded, split, extra in variants:
-        blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded, "min_age": args.min_age}
+        blob_values = {"min_area": args.blob_min_area, "max_occluded": max_occluded}
+        if args.min_age is not None:
+            blob_values["min_age"] = args.min_age
         if split == "off":
             blob_values.update(split_growth=0, split_width=0)
         blob_values.update(json.loads(extra))
@@ -371,6 +375,8 @@ def main(argv=None) -> int:
     p.add_argument("--haze", type=float, default=0.4)
     p.add_argument("--nuisances", default="mild")
     p.add_argument("--detector", choices=("msfgnet", "mog2", "truth"), default="msfgnet")
+    p.add_argument("--msfgnet", default="{}",
+                   help="JSON of msfgnet stage settings over the defaults, e.g. '{\"threshold\": 0.7}'")
     p.add_argument("--trackers", nargs="+", choices=("greedy", "motpy"), default=["greedy", "motpy"])
     p.add_argument("--line", type=float, default=0.8, help="row of the counting line, fraction of the height")
     p.add_argument("--min-area", type=float, default=300.0, help="smallest true box scored by motmetrics, px")
@@ -378,7 +384,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-occluded", type=int, nargs="+", default=[25],
                    help="blobs.max_occluded: frames a track is carried inside another's blob (0 = off); "
                         "several values are each run on the same masks")
-    p.add_argument("--min-age", type=int, default=3, help="blobs.min_age")
+    p.add_argument("--min-age", type=int, default=None, help="blobs.min_age (default: the stage's)")
     p.add_argument("--split", nargs="+", choices=("on", "off"), default=["on"],
                    help="the blob stage's split rules (split_growth, split_width) at their defaults, or off; "
                         "both are run on the same masks when both are given")

@@ -110,7 +110,7 @@ class SpeedMeter:
     """
 
     def __init__(self, homography: np.ndarray, width: int, height: int, window_s: float = 1.0,
-                 min_span_s: float = 0.4, jump: float = 0.3):
+                 min_span_s: float = 0.2, jump: float = 0.3):
         self.h = homography
         self.size = (width, height)
         self.window_s = window_s
@@ -210,11 +210,13 @@ class StreamAnalytics:
     """Lines, zones and speed of one stream at one frame size."""
 
     def __init__(self, lines: list[Shape], zones: list[Shape], calibration: Calibration | None,
-                 width: int, height: int, hysteresis: float, speed_window_s: float, forget_after: int):
+                 width: int, height: int, hysteresis: float, speed_window_s: float, forget_after: int,
+                 speed_min_s: float = 0.2):
         self.size = (width, height)
         self.lines = [LineCounter(s.name, *s.in_pixels(width, height), hysteresis) for s in lines]
         self.zones = [ZoneMembers(s.name, s.in_pixels(width, height), width, height) for s in zones]
-        self.speed = (SpeedMeter(calibration.homography(width, height), width, height, speed_window_s)
+        self.speed = (SpeedMeter(calibration.homography(width, height), width, height, speed_window_s,
+                                 min(speed_min_s, speed_window_s))
                       if calibration is not None else None)
         self.forget_after = forget_after
         self.speed_wait_s = 2.0 * speed_window_s

@@ -107,14 +107,15 @@ def _band_medians(values: np.ndarray, band: np.ndarray, counts: np.ndarray, used
 
 def cut_grown(blob: np.ndarray, origin: tuple[int, int], predicted: np.ndarray) -> list[np.ndarray]:
     """``blob`` (bool, over its box at ``origin`` x, y) split into the part inside the predicted
-    box (x, y, w, h, grown by CORE_MARGIN) and the connected parts outside it, the inside first;
-    empty parts are left out."""
-    x, y, w, h = predicted
-    mx, my = CORE_MARGIN * w, CORE_MARGIN * h
-    x0, y0 = int(round(x - mx)) - origin[0], int(round(y - my)) - origin[1]
-    x1, y1 = int(round(x + w + mx)) - origin[0], int(round(y + h + my)) - origin[1]
+    boxes (Nx4 or one x, y, w, h, each grown by CORE_MARGIN) and the connected parts outside
+    them, the inside first; empty parts are left out. The inside stays one piece however many
+    tracks it holds: the tracker carries the ones that find no box of their own."""
     core = np.zeros_like(blob)
-    core[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    for x, y, w, h in np.asarray(predicted, np.float64).reshape(-1, 4):
+        mx, my = CORE_MARGIN * w, CORE_MARGIN * h
+        x0, y0 = int(round(x - mx)) - origin[0], int(round(y - my)) - origin[1]
+        x1, y1 = int(round(x + w + mx)) - origin[0], int(round(y + h + my)) - origin[1]
+        core[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
     inside, outside = blob & core, blob & ~core
     count, labels = cv2.connectedComponents(outside.view(np.uint8), connectivity=8)
     return [p for p in [inside] + [labels == k for k in range(1, count)] if p.any()]

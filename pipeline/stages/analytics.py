@@ -42,6 +42,7 @@ class AnalyticsStage(Stage):
         hysteresis: float = 3.0                       # pixels an anchor must pass beyond a line to change side
         bin_s: float = 60.0                           # length of a time bin of analytics.csv, seconds of pts
         speed_window_s: float = 1.0                   # path length used for one speed estimate
+        speed_min_s: float = 0.2                      # shortest clean path that gives a speed
         forget_after: int = 250                       # frames after which an unseen track's state is dropped
 
         def __post_init__(self):
@@ -53,7 +54,7 @@ class AnalyticsStage(Stage):
             names = list(self.lines) + list(self.zones)
             if len(set(map(str, names))) != len(names):
                 raise ConfigError("stages.analytics", "a line and a zone share a name; names must be unique")
-            for key, low in (("hysteresis", 0.0), ("bin_s", 1e-9), ("speed_window_s", 1e-9)):
+            for key, low in (("hysteresis", 0.0), ("bin_s", 1e-9), ("speed_window_s", 1e-9), ("speed_min_s", 1e-9)):
                 if not getattr(self, key) >= low or not np.isfinite(getattr(self, key)):
                     raise ConfigError(f"stages.analytics.{key}", f"must be > 0, got {getattr(self, key)}"
                                       if low else f"must be >= 0, got {getattr(self, key)}")
@@ -75,6 +76,7 @@ class AnalyticsStage(Stage):
                 raise StageError(f"stream {frame.stream} frame {frame.index}",
                                  "analytics needs 'objects' from the blobs stage before it")
             state = self._state(frame)
+            objects = [o for o in objects if not o.get("fragment")]  # shadow or smear pieces
             boxes = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
             tracks = [int(o["track"]) for o in objects]
             occluded = [bool(o.get("occluded")) for o in objects]
@@ -96,7 +98,8 @@ class AnalyticsStage(Stage):
         if state is None or state.size != (w, h):
             c = self.config
             state = self._streams[frame.stream] = StreamAnalytics(
-                self._lines, self._zones, self._calibration, w, h, c.hysteresis, c.speed_window_s, c.forget_after)
+                self._lines, self._zones, self._calibration, w, h, c.hysteresis, c.speed_window_s, c.forget_after,
+                c.speed_min_s)
         return state
 
     def reset_stream(self, stream: str) -> None:

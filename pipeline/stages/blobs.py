@@ -44,6 +44,12 @@ class BoxTracker:
     reported with the visible objects, flagged, so a line it crosses meanwhile counts it. When the
     blobs part again, the prediction is what picks its box back up.
 
+    Tracks are matched where their vehicle should be now, not where it was: a track's last box
+    moved by its smoothed step (times the frames it has been missing). Receding vehicles near
+    the camera move 30-40 px a frame and leave their last box behind. A box that the picture's
+    border cuts moves with its uncut edges (a vehicle entering at the bottom edge grows upwards:
+    its centre moves half as fast as its top), so a vehicle gets its motion while it enters.
+
     Vehicles on a road do not turn round: once a track's ground point (its box's bottom centre) has
     travelled its own size (its box's longer side, at least ``TRAVEL_PX``) from where it was first
     seen clear of the picture's border (a box that the border cuts is no ground point), the direction from there
@@ -121,10 +127,16 @@ class BoxTracker:
                 step = (new[:2] + new[2:] / 2) - (box[:2] + box[2:] / 2)
                 (bw, bh), (nw, nh) = box[2:].tolist(), new[2:].tolist()
                 steady = self._occluded[t] == 0 and abs(nw - bw) <= 0.3 * bw and abs(nh - bh) <= 0.3 * bh
+                edge = None
+                if size is not None and self._occluded[t] == 0 and not (clear[matched[t]] and _clear_of(box, size)):
+                    edge = _edge_step(box, new, size)  # cut by the border: the uncut edges move with it
+                if edge is not None:
+                    vel = 0.5 * vel + 0.5 * edge if self._age[t] > 1 else edge
                 if steady:
                     # a box that merged, split or was regained jumps: no motion update then
                     ratio = math.sqrt(nw * nh / (bw * bh))
-                    vel = 0.5 * vel + 0.5 * step if self._age[t] > 1 else step
+                    if edge is None:
+                        vel = 0.5 * vel + 0.5 * step if self._age[t] > 1 else step
                     growth = 0.5 * growth + 0.5 * ratio if self._age[t] > 1 else ratio
                     if self._age[t] >= self.min_age:
                         self.steady.append(matched[t])
@@ -171,18 +183,27 @@ class BoxTracker:
 
     def predictions(self, width: int, height: int) -> np.ndarray:
         """Nx4 boxes where the tracks seen in the last frame (and the one before, so they have a
-        motion) clear of the picture's border should be now: the last box's centre moved by its
+        motion) should be now. Clear of the picture's border: the last box's centre moved by its
         smoothed step, its size changed by its smoothed growth (vehicles near the camera grow or
-        shrink fast)."""
+        shrink fast). Cut by the border (a vehicle entering or leaving): the sides of the last box
+        on the border stay there and the others move by its step."""
         if not self._ids:
             return np.zeros((0, 4), np.float64)
         b = self._boxes
-        sure = ((np.asarray(self._age) >= 2) & (np.asarray(self._missed) == 0)
-                & (np.asarray(self._occluded) == 0) & (b[:, 0] > 0) & (b[:, 1] > 0)
-                & (b[:, 0] + b[:, 2] < width) & (b[:, 1] + b[:, 3] < height))
+        seen = ((np.asarray(self._age) >= 2) & (np.asarray(self._missed) == 0)
+                & (np.asarray(self._occluded) == 0))
+        clear = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 0] + b[:, 2] < width) & (b[:, 1] + b[:, 3] < height)
+        sure, cut = seen & clear, seen & ~clear
         size = b[sure, 2:] * np.asarray(self._growth)[sure, None]
         centre = b[sure, :2] + b[sure, 2:] / 2 + self._velocity[sure]
-        return np.concatenate((centre - size / 2, size), axis=1)
+        # the sides on the border stay there (the vehicle goes on beyond it), the others move
+        frame = np.array([width, height], np.float64)
+        lo, hi = b[cut, :2], b[cut, :2] + b[cut, 2:]
+        lo = np.where(lo <= 0, 0.0, np.clip(lo + self._velocity[cut], 0, frame))
+        hi = np.where(hi >= frame, frame, np.clip(hi + self._velocity[cut], 0, frame))
+        entering = np.concatenate((lo, hi - lo), axis=1)
+        return np.concatenate((np.concatenate((centre - size / 2, size), axis=1),
+                               entering[(entering[:, 2:] > 1).all(axis=1)]))
 
     def _greedy_pairs(self, boxes: np.ndarray, clear: np.ndarray,
                       grounds: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -191,7 +212,10 @@ class BoxTracker:
         turned = np.zeros(len(self._ids), bool)
         if not len(boxes) or not len(self._ids):
             return [], turned
-        score = self._match_scores(self._boxes, np.asarray(boxes, np.float64))
+        # where each vehicle should be now: its last box moved by its step for each frame since
+        steps = np.asarray(self._missed, np.float64)[:, None] + 1.0
+        score = self._match_scores(self._boxes + np.pad(self._velocity * steps, ((0, 0), (0, 2))),
+                                   np.asarray(boxes, np.float64))
         hidden = np.asarray(self._occluded) > 0
         if hidden.any():  # an occluded track comes back only on a box overlapping its prediction
             score[hidden] = np.where(score[hidden] >= self.match_iou, score[hidden], 0.0)
@@ -233,6 +257,35 @@ class BoxTracker:
                                                  np.hypot(*np.moveaxis(b_size, -1, 0)))
         near = np.clip(1.0 - np.hypot(dx, dy) / reach, 0, None) * 1e-3  # always below any accepted IoU
         return np.where(iou >= self.match_iou, iou, near)
+
+
+def _clear_of(box: np.ndarray, size: tuple[int, int]) -> bool:
+    """Whether a box (x, y, w, h) lies inside a picture of ``size`` (width, height) without
+    touching its border."""
+    return box[0] > 0 and box[1] > 0 and box[0] + box[2] < size[0] and box[1] + box[3] < size[1]
+
+
+def _edge_step(old: np.ndarray, new: np.ndarray, size: tuple[int, int]) -> "np.ndarray | None":
+    """A vehicle's motion between two boxes of which one or both are cut by the picture's border:
+    per axis, the step of the edge that no border cuts in either box (the centre's where neither
+    edge is cut). None when a box spans the picture on an axis, so no edge of it moved visibly, or
+    when on an axis that no border cuts the box's size changed by more than 30 % (the blob changed
+    shape there: a piece of a long lorry growing as it enters gave a made-up motion)."""
+    step = []
+    for k in (0, 1):
+        lo_cut = old[k] <= 0 or new[k] <= 0
+        hi_cut = old[k] + old[k + 2] >= size[k] or new[k] + new[k + 2] >= size[k]
+        if lo_cut and hi_cut:
+            return None
+        if hi_cut:
+            step.append(new[k] - old[k])
+        elif lo_cut:
+            step.append(new[k] + new[k + 2] - old[k] - old[k + 2])
+        else:
+            if abs(new[k + 2] - old[k + 2]) > 0.3 * old[k + 2]:
+                return None  # a blob that changed its shape there: its centre did not move with the vehicle
+            step.append(new[k] + new[k + 2] / 2 - old[k] - old[k + 2] / 2)
+    return np.array(step, np.float64)
 
 
 def _inside_any(box: np.ndarray, others: np.ndarray) -> bool:
@@ -277,6 +330,10 @@ class BlobStage(Stage):
         # refuse a box that takes a track back against its heading by more than this many times
         # its height (vehicles do not turn round; 0 = off)
         max_reverse: float = 0.5
+        # a blob whose longer side is under this share of one vehicle's width at its bottom row
+        # (learned per stream, as for split_width) is a shadow or smear fragment: tracked but
+        # flagged, and left out of lines, zones and counts (0 = off)
+        min_size: float = 0.5
 
         def __post_init__(self):
             if self.merge_gap < 0:
@@ -294,6 +351,8 @@ class BlobStage(Stage):
                 value = getattr(self, key)
                 if not (value == 0 or value > 1) or not np.isfinite(value):
                     raise ConfigError(f"stages.blobs.{key}", f"must be 0 (off) or > 1, got {value}")
+            if not 0 <= self.min_size < 1:
+                raise ConfigError("stages.blobs.min_size", f"must be in [0, 1) (0 = off), got {self.min_size}")
             if not self.max_reverse >= 0 or not np.isfinite(self.max_reverse):
                 raise ConfigError("stages.blobs.max_reverse", f"must be >= 0 (0 = off), got {self.max_reverse}")
             if self.max_occluded < 0:
@@ -328,14 +387,16 @@ class BlobStage(Stage):
             boxes, areas, cut = self._components(mask, tracker, widths)
             ids = tracker.update(boxes, (mask.shape[1], mask.shape[0]))
             self._learn_widths(widths, boxes, cut, tracker.steady, mask.shape)
+            small = self._fragments(boxes, widths, mask.shape)
             frame.data["objects"] = [
-                {"box": [int(v) for v in box], "area": int(area), "track": int(i)}
-                for box, area, i in zip(boxes, areas, ids)
+                {"box": [int(v) for v in box], "area": int(area), "track": int(i)} | (
+                    {"fragment": True} if fragment else {})
+                for box, area, i, fragment in zip(boxes, areas, ids, small)
             ] + [  # vehicles hidden in another's blob, on their predicted boxes
                 {"box": [int(round(v)) for v in box], "area": 0, "track": int(i), "occluded": True}
                 for i, box in tracker.occluded
             ]
-            frame.data["counts"] = self._count(boxes, mask.shape)
+            frame.data["counts"] = self._count(boxes[~small], mask.shape)
         return frames
 
     def _components(self, mask: np.ndarray, tracker: "BoxTracker | None" = None,
@@ -383,21 +444,35 @@ class BlobStage(Stage):
             keep &= area >= c.min_fill * w * h
         return boxes[keep], area[keep], cut[keep]
 
+    def _fragments(self, boxes: np.ndarray, widths: "RowWidths | None", shape: tuple[int, ...]) -> np.ndarray:
+        """Per box, whether it is far smaller than one vehicle at its row: a piece of a cast shadow
+        or of a smear, clear of the border, whose longer side is under ``min_size`` times the
+        learned width at its bottom row. Such blobs stay tracked (so the width they feed keeps
+        learning, even if it was once learned wrong) but lines, zones and counts leave them out."""
+        line = widths.line() if self.config.min_size and widths is not None else None
+        if line is None or not len(boxes):
+            return np.zeros(len(boxes), bool)
+        height, width = shape[:2]
+        x, y, w, h = (boxes[:, k] for k in range(4))
+        expected = line[0] * (y + h) + line[1]
+        clear = (x > 0) & (y > 0) & (x + w < width) & (y + h < height)
+        return clear & (expected > 1.0) & (np.maximum(w, h) < self.config.min_size * expected)
+
     def _split(self, labels, origin, shape, label_ids, boxes, areas, tracker, widths):
         """Blobs cut where they hold more than one vehicle (pipeline.analytics.split). The tests
         run on all blobs at once; only the few that fire are cut, one by one."""
         c = self.config
         height, width = shape
         x, y, w, h = (boxes[:, k].astype(np.int64) for k in range(4))
-        grown, target = np.zeros(len(boxes), bool), np.zeros(len(boxes), np.intp)
+        grown = np.zeros(len(boxes), bool)
         predicted = tracker.predictions(width, height) if c.split_growth else np.zeros((0, 4))
+        inside = np.zeros((len(boxes), len(predicted)), bool)
         if len(predicted) and len(boxes):
             cx, cy = (predicted[:, :2] + predicted[:, 2:] / 2).T
             inside = ((cx >= x[:, None]) & (cx < (x + w)[:, None]) & (cy >= y[:, None]) & (cy < (y + h)[:, None]))
-            target = np.argmax(inside, axis=1)
-            # one tracked vehicle inside, and the blob grew well past it: more joined it
-            grown = (np.count_nonzero(inside, axis=1) == 1) & (
-                w * h >= c.split_growth * predicted[target, 2] * predicted[target, 3])
+            # tracked vehicles inside, and the blob grew well past them together: more joined them
+            known = inside.astype(np.float64) @ (predicted[:, 2] * predicted[:, 3])
+            grown = inside.any(axis=1) & (w * h >= c.split_growth * known)
         line = widths.line() if c.split_width and widths is not None else None
         wide = np.zeros(len(boxes), bool)
         if line is not None:
@@ -413,7 +488,7 @@ class BlobStage(Stage):
                 out_cut.append(np.zeros(i - last - 1, bool))
             last = i
             pieces = self._cut(labels, origin, int(label_ids[i]), boxes[i], int(areas[i]),
-                               predicted[target[i]] if grown[i] else None, line, width)
+                               predicted[inside[i]] if grown[i] else None, line, width)
             out_boxes.append(np.array([p[0] for p in pieces], np.int32).reshape(-1, 4))
             out_areas.append(np.array([p[1] for p in pieces], np.int32))
             out_cut.append(np.full(len(pieces), len(pieces) > 1))
@@ -431,7 +506,7 @@ class BlobStage(Stage):
         return clear & (expected > 1.0) & (w >= self.config.split_width * expected)
 
     def _cut(self, labels, origin, label, box, area, predicted, line, width):
-        """(box, pixels) of the pieces of one blob: first cut by its track's prediction (when given
+        """(box, pixels) of the pieces of one blob: first cut by its tracks' predictions (when given
         and it leaves two pieces of min_area), then each piece that is too wide, side by side."""
         c = self.config
         x, y, w, h = (int(v) for v in box)
