@@ -374,7 +374,7 @@ def test_msfgnet_device_batches_with_a_stream_twice_match_the_host_path():
                 data_to_host(f.data)
             outs.append(frames)
     for a, b in zip(*outs):
-        assert np.abs(a.data["fg_prob"] - b.data["fg_prob"]).max() < 1e-4
+        assert _prob_diff(a.data["fg_prob"], b.data["fg_prob"]) < 1e-4
 
 
 @pytest.mark.skipif(not (WEIGHTS / "msfgnet.pt").is_file(), reason="weights/msfgnet.pt not shipped")
@@ -388,14 +388,24 @@ def test_msfgnet_device_code_matches_the_host_path():
         got = run(device, images) + run(device, [torch.from_numpy(im) for im in images[:6]], "b")
         w, h = working_size(640, 360, 0.5)
         assert np.array_equal(device._device_buffer.held("cam")[-1].numpy(), grey_small(images[-1], (w, h)))
-    prob = max(np.abs(a.data["fg_prob"] - b.data["fg_prob"]).max() for a, b in zip(got, want))
+    prob = max(_prob_diff(a.data["fg_prob"], b.data["fg_prob"]) for a, b in zip(got, want))
     agree = min(np.mean(a.data["mask"] == b.data["mask"]) for a, b in zip(got, want))
     print(f"msfgnet device code on CPU tensors vs host: max |prob diff| {prob:.2e}, mask agreement {agree:.6f}")
     for a, b in zip(got, want):
         assert a.data["mask"].dtype == np.uint8 and a.data["fg_prob"].dtype == np.float32
         assert a.data["mask"].shape == b.data["mask"].shape == images[0].shape[:2]
-        assert np.abs(a.data["fg_prob"] - b.data["fg_prob"]).max() < 1e-4
+        assert _prob_diff(a.data["fg_prob"], b.data["fg_prob"]) < 1e-4
         assert np.mean(a.data["mask"] == b.data["mask"]) > 0.9999
+
+
+def _prob_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest probability difference where either path is above REFINE_FLOOR. The host refines
+    only the rectangle around such pixels (the rest stays as the network gave it, far below any
+    threshold); the device refines the whole frame rather than wait for that rectangle."""
+    from pipeline.stages.msfgnet import REFINE_FLOOR
+
+    where = np.maximum(a, b) > REFINE_FLOOR
+    return float(np.abs(a - b)[where].max()) if where.any() else 0.0
 
 
 # --- on a GPU ------------------------------------------------------------------------------------

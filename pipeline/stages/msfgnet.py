@@ -50,6 +50,7 @@ import numpy as np
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
+from pipeline.guided import guided_filter
 from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import LearnedStage
 
@@ -71,6 +72,33 @@ def grey_small(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if grey.shape[1] == size[0] and grey.shape[0] == size[1]:
         return grey
     return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+
+
+#: guided filter (He, Sun & Tang, TPAMI 2013) of the upsampled probability with the frame's grey as
+#: guide: the network works at half size, and the filter puts the mask's edges back on the
+#: picture's edges. Radius and eps chosen on issue 12's validation data (docs/models.md).
+REFINE_RADIUS, REFINE_EPS = 3, 1e-4
+#: the filter runs on the rectangle around probabilities above this, grown by its reach
+REFINE_FLOOR = 0.05
+
+
+def refine_guided(full: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``full`` (HxW float32 probability at the frame's size) guided-filtered with the grey of
+    ``image``, on the rectangle around every pixel above REFINE_FLOOR (grown by three radii, so the
+    filter inside is what the whole frame would give); elsewhere it is left as it was."""
+    x, y, w, h = cv2.boundingRect(cv2.compare(full, REFINE_FLOOR, cv2.CMP_GT))
+    if not w:
+        return full
+    m = 3 * REFINE_RADIUS + 2
+    x0, y0 = max(x - m, 0), max(y - m, 0)
+    x1, y1 = min(x + w + m, full.shape[1]), min(y + h + m, full.shape[0])
+    grey = image[y0:y1, x0:x1]
+    if grey.ndim == 3:
+        grey = cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY)
+    out = full.copy()
+    out[y0:y1, x0:x1] = guided_filter(grey.astype(np.float32) * (1.0 / 255.0), full[y0:y1, x0:x1],
+                                      REFINE_RADIUS, REFINE_EPS)
+    return out
 
 
 def window_indices(held: int, frames: int, stride: int) -> np.ndarray:
@@ -101,6 +129,7 @@ class MsfgnetStage(LearnedStage):
         scale: float = 0.5                         # working size / input size
         stride: int = 10                           # frames between two frames of the window
         stabilize: str | bool = "auto"             # auto | off: camera-motion compensation (pipeline.stabilize)
+        refine: str = "guided"                     # guided | off: edges of the upsampled probability from the frame
 
     def __init__(self, config: "MsfgnetStage.Config | None" = None):
         self.config = config or self.Config()
@@ -128,6 +157,8 @@ class MsfgnetStage(LearnedStage):
         if c.threads < 0:
             raise ConfigError("stages.msfgnet.threads", f"must be >= 0, got {c.threads}")
         check_mode("stages.msfgnet", c.stabilize)
+        if c.refine not in ("guided", "off"):
+            raise ConfigError("stages.msfgnet.refine", f"must be guided or off, got {c.refine!r}")
 
     # --- lifecycle -------------------------------------------------------------
     def network_size(self, w: int, h: int) -> tuple[int, int]:
@@ -252,6 +283,8 @@ class MsfgnetStage(LearnedStage):
         image = frame.data.get("dehazed", frame.image)
         h, w = image.shape[:2]
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
+        if self.config.refine == "guided":
+            full = refine_guided(full, image)
         unknown = self._unknown.pop(id(frame), None)
         if unknown is not None:  # no past there: never foreground
             full[cv2.resize(unknown, (w, h), interpolation=cv2.INTER_NEAREST) > 0] = 0
@@ -265,11 +298,12 @@ class MsfgnetStage(LearnedStage):
 
         stream = self.runner.stream
         with torch.inference_mode(), torch.cuda.stream(stream):
-            windows, sizes = [], []
+            windows, sizes, images = [], [], []
             for f in frames:  # in order: a stream's frames may share a batch
                 image = self._device_image(f.data.get("dehazed", f.image), stream)
                 h, w = image.shape[:2]
                 sizes.append((h, w))
+                images.append(image)
                 # a float copy now: the ring's view changes with the next push (a stream's frames may share a batch)
                 windows.append(self._device_window(f.stream, image, working_size(w, h, self.config.scale)).float())
             groups: dict[tuple, list[int]] = {}
@@ -279,7 +313,7 @@ class MsfgnetStage(LearnedStage):
                 batch = windows[members[0]][None] if len(members) == 1 else torch.stack([windows[i] for i in members])
                 prob = self.runner.infer_tensors({self._input_name: batch.mul_(1 / 255)})[OUTPUT_NAME]
                 for k, i in enumerate(members):
-                    self._write_device(frames[i], prob[k:k + 1].float(), sizes[i])
+                    self._write_device(frames[i], prob[k:k + 1].float(), sizes[i], images[i])
 
     def _device_image(self, image, stream):
         """The stage input as a device uint8 tensor: uploaded once if it is still numpy."""
@@ -304,12 +338,18 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer.push(stream_name, grey)
         return self._device_buffer.window(stream_name, self.frames_in_window, self.config.stride)
 
-    def _write_device(self, frame: Frame, prob, size: tuple[int, int]) -> None:
-        """_write on the GPU: 1x1xhxw float probability -> full-size fg_prob and the 0/255 mask."""
+    def _write_device(self, frame: Frame, prob, size: tuple[int, int], image) -> None:
+        """_write on the GPU: 1x1xhxw float probability -> full-size fg_prob and the 0/255 mask;
+        ``image`` is the stage's input on the device (the guide of the refinement)."""
         import torch
 
         from pipeline import guided_torch as gt
 
-        full = gt.resize_linear(prob, size)[0, 0]
+        full = gt.resize_linear(prob, size)
+        if self.config.refine == "guided":
+            guide = gt.grey_u8(image).to(torch.float32).mul_(1.0 / 255.0)[None, None]
+            a, b = gt.guided_coefficients(guide, full, REFINE_RADIUS, REFINE_EPS)
+            full = a.mul_(guide).add_(b)
+        full = full[0, 0]
         frame.data["fg_prob"] = full
         frame.data["mask"] = (full > self.config.threshold).to(torch.uint8).mul_(255)
