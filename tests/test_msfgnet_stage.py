@@ -256,6 +256,18 @@ def test_detects_the_moving_vehicles_of_a_synthetic_scene(ort_stage):
     assert conf.metrics()["F-measure"] > 0.6, conf.metrics()
 
 
+def test_refine_off_written_bare_in_yaml_is_off():
+    from pipeline.config import config_from_dict
+    import yaml
+
+    section = yaml.safe_load("stages:\n  - msfgnet: {refine: off}\n")
+    config = config_from_dict(section)
+    stage_config = config.stages[0][1] if isinstance(config.stages[0], tuple) else config.stages[0].config
+    from pipeline.stages.msfgnet import refine_mode
+
+    assert stage_config.refine is False and refine_mode(MsfgnetStage(stage_config).config.refine) == "off"
+
+
 def test_refinement_on_the_rectangle_equals_the_whole_frame_filter():
     """The host filters only the rectangle around the probable foreground, grown by its reach;
     inside it the result is the whole frame's filter, and outside it nothing is near a threshold."""

@@ -82,6 +82,11 @@ REFINE_RADIUS, REFINE_EPS = 3, 1e-4
 REFINE_FLOOR = 0.05
 
 
+def refine_mode(value) -> str:
+    """``guided`` or ``off`` as written; YAML 1.1 reads a bare ``off`` as false (and ``on`` as true)."""
+    return "off" if value is False else "guided" if value is True else value
+
+
 def refine_guided(full: np.ndarray, image: np.ndarray) -> np.ndarray:
     """``full`` (HxW float32 probability at the frame's size) guided-filtered with the grey of
     ``image``, on the rectangle around every pixel above REFINE_FLOOR (grown by three radii, so the
@@ -129,7 +134,7 @@ class MsfgnetStage(LearnedStage):
         scale: float = 0.5                         # working size / input size
         stride: int = 10                           # frames between two frames of the window
         stabilize: str | bool = "auto"             # auto | off: camera-motion compensation (pipeline.stabilize)
-        refine: str = "guided"                     # guided | off: edges of the upsampled probability from the frame
+        refine: str | bool = "guided"              # guided | off: edges of the upsampled probability from the frame
 
     def __init__(self, config: "MsfgnetStage.Config | None" = None):
         self.config = config or self.Config()
@@ -157,7 +162,7 @@ class MsfgnetStage(LearnedStage):
         if c.threads < 0:
             raise ConfigError("stages.msfgnet.threads", f"must be >= 0, got {c.threads}")
         check_mode("stages.msfgnet", c.stabilize)
-        if c.refine not in ("guided", "off"):
+        if refine_mode(c.refine) not in ("guided", "off"):
             raise ConfigError("stages.msfgnet.refine", f"must be guided or off, got {c.refine!r}")
 
     # --- lifecycle -------------------------------------------------------------
@@ -283,7 +288,7 @@ class MsfgnetStage(LearnedStage):
         image = frame.data.get("dehazed", frame.image)
         h, w = image.shape[:2]
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
-        if self.config.refine == "guided":
+        if refine_mode(self.config.refine) == "guided":
             full = refine_guided(full, image)
         unknown = self._unknown.pop(id(frame), None)
         if unknown is not None:  # no past there: never foreground
@@ -346,7 +351,7 @@ class MsfgnetStage(LearnedStage):
         from pipeline import guided_torch as gt
 
         full = gt.resize_linear(prob, size)
-        if self.config.refine == "guided":
+        if refine_mode(self.config.refine) == "guided":
             guide = gt.grey_u8(image).to(torch.float32).mul_(1.0 / 255.0)[None, None]
             a, b = gt.guided_coefficients(guide, full, REFINE_RADIUS, REFINE_EPS)
             full = a.mul_(guide).add_(b)
