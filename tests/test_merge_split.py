@@ -285,12 +285,14 @@ def _car_with_shadow_pieces(frame: int) -> np.ndarray:
     return mask
 
 
-def test_shadow_fragments_are_tracked_but_never_counted():
+@pytest.mark.parametrize("split_width", [2.2, 0])
+def test_shadow_fragments_are_tracked_but_never_counted(split_width):
     """Each car is counted once; the shadow pieces beside them cross the line too but are far
     smaller than one vehicle at their row (the learned width), so they are flagged ``fragment``
-    and left out of lines and counts. With ``min_size`` 0 they count as vehicles."""
+    and left out of lines and counts. With ``min_size`` 0 they count as vehicles. The width is
+    learned for ``min_size`` alone too (``split_width`` 0)."""
     def run(min_size: float) -> tuple[dict, int]:
-        blobs = BlobStage(BlobStage.Config(min_area=20, min_size=min_size))
+        blobs = BlobStage(BlobStage.Config(min_area=20, min_size=min_size, split_width=split_width))
         stage = AnalyticsStage(AnalyticsStage.Config(lines={"road": [[0, 200], [319, 200]]}))
         image = np.zeros((H, W, 3), np.uint8)
         flagged = 0

@@ -528,8 +528,9 @@ class BlobStage(Stage):
         return done
 
     def _learn_widths(self, widths, boxes, cut, steady, shape) -> None:
-        """Feed the per-row vehicle width with the boxes of steady tracks, not cut, clear of the border."""
-        if not self.config.split_width or not steady:
+        """Feed the per-row vehicle width with the boxes of steady tracks, not cut, clear of the border
+        (for ``split_width`` and ``min_size``: either one alone needs it)."""
+        if not (self.config.split_width or self.config.min_size) or not steady:
             return
         b = boxes[steady]
         clear = ~cut[steady] & (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 0] + b[:, 2] < shape[1]) \
