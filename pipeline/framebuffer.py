@@ -19,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.stabilize import DEAD_BAND, coverage, displacement, relation, warp_into
+from pipeline.stabilize import DEAD_BAND, coverage, displacement, relation
 
 
 class _Ring:
@@ -119,11 +119,10 @@ class FrameBuffer:
         """Frames ``picks`` (indices into ``window``) warped into the newest frame's pixels.
 
         Returns ``(frames, unknown)``: frames (len(picks), *frame_shape), a buffer reused until the
-        next call for this stream, where a warped frame has no pixel it holds the newest frame's (no
-        change); unknown (H, W) uint8, 1 where more than half of the past frames picked had no
-        pixel, or None when nothing was warped. (Validation, highway 600-800 shaken with seed 1:
-        marking a pixel unknown as soon as one past frame lacks it gave MSFgNet F 0.954, more
-        than half 0.967, at the same precision.) A frame is left as it was
+        next call for this stream, where a warped frame has no pixel it holds its own nearest edge
+        pixel (replicated); unknown (H, W) uint8, 1 where more than half of the past frames picked
+        had no pixel (reported, not used to mask: docs/stabilize.md), or None when nothing was
+        warped. A frame is left as it was
         seen when it or the newest frame has no pose, when they belong to different epochs, or when
         the relation moves nothing by more than ``dead_band`` pixels, or when the warped frame is not
         nearer the newest than the frame as seen (mean absolute difference where the warp brings pixels).
@@ -156,8 +155,10 @@ class FrameBuffer:
                 ring.unknown = np.empty((h, w), np.uint8)
                 ring.cover = np.empty((h, w), np.uint8)
             cover = coverage(m, (w, h), (h, w), ring.cover)
-            out[k] = held[newest]
-            warp_into(held[j], m, out[k])
+            # where the past frame has no pixel, its nearest edge is carried on (replicated): a
+            # vehicle on the picture's border is then a change the network can see
+            cv2.warpAffine(held[j], m[:2], (w, h), dst=out[k], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
             if not _closer(out[k], held[j], held[newest], cover):
                 out[k] = held[j]  # the warp does not explain the change: never worse than none
                 continue

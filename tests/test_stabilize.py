@@ -136,6 +136,9 @@ def test_aligned_warps_past_frames_into_the_newest_and_marks_unknown():
     np.testing.assert_array_equal(frames[0][:, 5:], shifted[:, 5:])
     np.testing.assert_array_equal(frames[1], shifted)
     assert unknown[:, :4].all() and not unknown[:, 5:].any()
+    # where the past frame has no pixel its own edge column is carried on, not the newest frame's
+    # pixels (those would read as "no change" and hide a vehicle on the border)
+    np.testing.assert_array_equal(frames[0][:, :4], np.repeat(base[:, :1], 4, axis=1))
     # another epoch: no relation is known, the frame is left as it was seen
     fb.push("cam", base, np.eye(3), 1)
     frames, unknown = fb.aligned("cam", np.array([1, 2]))

@@ -14,8 +14,8 @@ frame held. A change of resolution starts a fresh window (FrameBuffer reallocate
 
 Camera motion (``stabilize: auto``, pipeline.stabilize): each working-size grey
 frame is registered against its stream's reference and the window's past
-frames are warped into the current one (``FrameBuffer.aligned``) before the
-network sees them; pixels with no past are forced to background, and
+frames are warped into the current one (``FrameBuffer.aligned``; where a past frame
+has no pixel its edge is replicated) before the network sees them, and
 ``data["stabilize"]`` carries the frame's motion and confidence (events.jsonl).
 ``stabilize: off`` feeds the frames as seen. The device path below does not
 compensate yet.
@@ -148,7 +148,6 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer = None   # DeviceFrameBuffer (device path)
         self._uploader = None
         self._registrations = Registrations() if stabilize_mode(self.config.stabilize) == "auto" else None
-        self._unknown: dict[int, np.ndarray] = {}  # id(frame) -> pixels with no past (working size)
 
     def _check(self) -> None:
         c = self.config
@@ -206,7 +205,6 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer = None
         self._uploader = None
         self._inputs.clear()
-        self._unknown.clear()
         if self._registrations is not None:
             self._registrations.clear()
 
@@ -250,8 +248,6 @@ class MsfgnetStage(LearnedStage):
         record = motion.record(w / grey.shape[1])
         record["unknown"] = 0.0 if unknown is None else round(float(unknown.mean()), 4)
         frame.data["stabilize"] = record
-        if unknown is not None:
-            self._unknown[id(frame)] = unknown.copy()
         return picked
 
     def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
@@ -290,9 +286,6 @@ class MsfgnetStage(LearnedStage):
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
         if refine_mode(self.config.refine) == "guided":
             full = refine_guided(full, image)
-        unknown = self._unknown.pop(id(frame), None)
-        if unknown is not None:  # no past there: never foreground
-            full[cv2.resize(unknown, (w, h), interpolation=cv2.INTER_NEAREST) > 0] = 0
         frame.data["fg_prob"] = full
         frame.data["mask"] = cv2.threshold(full, self.config.threshold, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
 
