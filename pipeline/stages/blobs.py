@@ -7,6 +7,8 @@ a grey level below 255 (OpenCV's 127), are not foreground. Components outside th
 shape filters (area, aspect ratio, fill of the box) are dropped. Blobs that hold
 more than one vehicle from the start (side by side, or one entering behind another
 it touches) are cut first (``split_growth``, ``split_width``; pipeline.analytics.split).
+Blobs far smaller than one vehicle at their row (``min_size``: shadow and smear pieces) are
+kept and tracked but flagged ``fragment``, and nothing counts them.
 A greedy tracker per stream carries ids across frames by box overlap (IoU), falling back
 to centroid distance for small fast objects whose boxes no longer overlap; it
 kept identities better than the Kalman/Hungarian library tracker it was measured
