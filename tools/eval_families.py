@@ -89,6 +89,19 @@ def with_band(labels: np.ndarray, band: int) -> np.ndarray:
     return out
 
 
+def miss_locations(mask: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Missed foreground pixels (label 255, mask off) by where they lie: within 10 px of the
+    picture's border, else within 2 px of a vehicle's outline, else inside a vehicle."""
+    fg = (labels == 255).astype(np.uint8)
+    missed = (fg > 0) & (mask <= 127)
+    border = np.zeros(missed.shape, bool)
+    border[:10], border[-10:], border[:, :10], border[:, -10:] = True, True, True, True
+    kernel = np.ones((5, 5), np.uint8)
+    outline = (cv2.dilate(fg, kernel) - cv2.erode(fg, kernel)) > 0
+    return {"border": int((missed & border).sum()), "outline": int((missed & ~border & outline).sum()),
+            "inside": int((missed & ~border & ~outline).sum())}
+
+
 def score_family(method: str, family: str, split: str, weights: str | None,
                  stabilize: str | None = None, thresholds: list[float] | None = None,
                  band: int = 0) -> dict[str, float]:
@@ -101,6 +114,7 @@ def score_family(method: str, family: str, split: str, weights: str | None,
         options["stabilize"] = stabilize
     confusion, busy, count = Confusion(), 0.0, 0
     swept = {t: Confusion() for t in (thresholds or [])}
+    misses = {"border": 0, "outline": 0, "inside": 0}
     stage = build_stage(method, **options)
     compensation = getattr(stage.config, "stabilize", "absent (no camera-motion compensation in this checkout)")
     if stabilize is not None and compensation != stabilize:
@@ -117,10 +131,13 @@ def score_family(method: str, family: str, split: str, weights: str | None,
                 if scored:
                     labels = with_band(labels, band)
                     confusion.add(frame.data["mask"], labels, roi)
+                    for key, n in miss_locations(frame.data["mask"], labels).items():
+                        misses[key] += n
                     for t, c in swept.items():
                         c.add(np.where(np.asarray(frame.data["fg_prob"]) > t, 255, 0).astype(np.uint8), labels, roi)
             stage.reset_stream(name)
     metrics = confusion.metrics()
+    metrics["missed_pixels"] = misses
     if swept:
         metrics["by_threshold"] = {f"{t:g}": c.metrics() for t, c in swept.items()}
     metrics["fps"] = count / busy if busy else math.nan
@@ -174,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.label_band)
             m = results[family][method]
             print(f"{args.split} {family:15s} {method:8s} F {m['F-measure']:.4f} "
-                  f"(P {m['Precision']:.3f} R {m['Recall']:.3f}) {m['fps']:.0f} frames/s", file=sys.stderr, flush=True)
+                  f"(P {m['Precision']:.3f} R {m['Recall']:.3f}) {m['fps']:.0f} frames/s; missed pixels "
+                  + ", ".join(f"{k} {v}" for k, v in m["missed_pixels"].items()), file=sys.stderr, flush=True)
             for t, mt in m.get("by_threshold", {}).items():
                 print(f"{args.split} {family:15s} {method:8s} threshold {t}: F {mt['F-measure']:.4f} "
                       f"(P {mt['Precision']:.3f} R {mt['Recall']:.3f})", file=sys.stderr, flush=True)
