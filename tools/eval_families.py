@@ -82,24 +82,28 @@ def with_band(labels: np.ndarray, band: int) -> np.ndarray:
     highway); the synthetic families' labels have none. A diagnostic, not the protocol's score."""
     if band <= 0:
         return labels
+    out = labels.copy()
+    out[outline(labels, band)] = 170
+    return out
+
+
+def outline(labels: np.ndarray, band: int) -> np.ndarray:
+    """The pixels within ``band`` px of a vehicle's outline (label 255), on either side: dilation
+    minus erosion by a (2 band + 1) square."""
     fg = (labels == 255).astype(np.uint8)
     kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
-    out = labels.copy()
-    out[(cv2.dilate(fg, kernel) - cv2.erode(fg, kernel)) > 0] = 170
-    return out
+    return (cv2.dilate(fg, kernel) - cv2.erode(fg, kernel)) > 0
 
 
 def miss_locations(mask: np.ndarray, labels: np.ndarray) -> dict[str, int]:
     """Missed foreground pixels (label 255, mask off) by where they lie: within 10 px of the
     picture's border, else within 2 px of a vehicle's outline, else inside a vehicle."""
-    fg = (labels == 255).astype(np.uint8)
-    missed = (fg > 0) & (mask <= 127)
+    missed = (labels == 255) & (mask <= 127)
     border = np.zeros(missed.shape, bool)
     border[:10], border[-10:], border[:, :10], border[:, -10:] = True, True, True, True
-    kernel = np.ones((5, 5), np.uint8)
-    outline = (cv2.dilate(fg, kernel) - cv2.erode(fg, kernel)) > 0
-    return {"border": int((missed & border).sum()), "outline": int((missed & ~border & outline).sum()),
-            "inside": int((missed & ~border & ~outline).sum())}
+    ring = outline(labels, 2)
+    return {"border": int((missed & border).sum()), "outline": int((missed & ~border & ring).sum()),
+            "inside": int((missed & ~border & ~ring).sum())}
 
 
 def score_family(method: str, family: str, split: str, weights: str | None,

@@ -5,12 +5,13 @@ a shadow, or a vehicle entering the picture behind another it touches) get one t
 occlusion rule of the tracker cannot help: it only carries vehicles that were tracked apart
 before. Two rules cut such blobs before tracking:
 
-* **Grown past its track.** A track seen in the last two frames, clear of the picture's border,
-  predicts its box (last box moved and resized by its recent motion and growth). When that
-  prediction's centre is the only one inside a blob and the blob's box is ``split_growth`` times
-  the predicted box's area or more, something joined it: the blob's pixels inside the
-  prediction (grown by ``CORE_MARGIN`` on each side, for the vehicle's own change of size) stay
-  one piece and the connected parts outside it are pieces of their own.
+* **Grown past its tracks.** A track seen in the last two frames predicts its box (last box
+  moved and resized by its recent motion and growth; cut by the picture's border, its free sides
+  moved and its border sides held). When one or more predicted centres lie inside a blob and the
+  blob's box is ``split_growth`` times their areas together or more, something joined them: the
+  blob's pixels inside the predictions (each grown by ``CORE_MARGIN`` on each side, for the
+  vehicle's own change of size) stay one piece and the connected parts outside them are pieces
+  of their own.
 * **Wider than one vehicle.** ``RowWidths`` learns the width of a single vehicle's blob per image
   row from tracks that kept a steady size (on a flat road it grows linearly with the bottom row,
   the perspective). A piece at least ``split_width`` times that wide at its bottom row is cut into

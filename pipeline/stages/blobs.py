@@ -98,10 +98,8 @@ class BoxTracker:
         tells which boxes the border cuts: their bottom centre is not where the vehicle touches the
         road, so they neither give nor test a heading."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        clear = np.ones(len(boxes), bool)
-        if size is not None:
-            clear = ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 0] + boxes[:, 2] < size[0])
-                     & (boxes[:, 1] + boxes[:, 3] < size[1]))
+        clear = np.ones(len(boxes), bool) if size is None else clear_of_border(boxes, *size)
+        was_clear = np.ones(len(self._ids), bool) if size is None else clear_of_border(self._boxes, *size)
         grounds = anchors_of(boxes)  # where each vehicle touches the road
         ground_list = [(float(x), float(y)) for x, y in grounds.tolist()]
         ids = [0] * len(boxes)
@@ -130,7 +128,7 @@ class BoxTracker:
                 (bw, bh), (nw, nh) = box[2:].tolist(), new[2:].tolist()
                 steady = self._occluded[t] == 0 and abs(nw - bw) <= 0.3 * bw and abs(nh - bh) <= 0.3 * bh
                 edge = None
-                if size is not None and self._occluded[t] == 0 and not (clear[matched[t]] and _clear_of(box, size)):
+                if size is not None and self._occluded[t] == 0 and not (clear[matched[t]] and was_clear[t]):
                     edge = _edge_step(box, new, size)  # cut by the border: the uncut edges move with it
                 if edge is not None:
                     vel = 0.5 * vel + 0.5 * edge if self._age[t] > 1 else edge
@@ -194,7 +192,7 @@ class BoxTracker:
         b = self._boxes
         seen = ((np.asarray(self._age) >= 2) & (np.asarray(self._missed) == 0)
                 & (np.asarray(self._occluded) == 0))
-        clear = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 0] + b[:, 2] < width) & (b[:, 1] + b[:, 3] < height)
+        clear = clear_of_border(b, width, height)
         sure, cut = seen & clear, seen & ~clear
         size = b[sure, 2:] * np.asarray(self._growth)[sure, None]
         centre = b[sure, :2] + b[sure, 2:] / 2 + self._velocity[sure]
@@ -261,10 +259,11 @@ class BoxTracker:
         return np.where(iou >= self.match_iou, iou, near)
 
 
-def _clear_of(box: np.ndarray, size: tuple[int, int]) -> bool:
-    """Whether a box (x, y, w, h) lies inside a picture of ``size`` (width, height) without
-    touching its border."""
-    return box[0] > 0 and box[1] > 0 and box[0] + box[2] < size[0] and box[1] + box[3] < size[1]
+def clear_of_border(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Per box (Nx4 x, y, w, h), whether it lies inside a ``width`` x ``height`` picture without
+    touching its border (a box the border cuts is not the whole vehicle)."""
+    return ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 0] + boxes[:, 2] < width)
+            & (boxes[:, 1] + boxes[:, 3] < height))
 
 
 def _edge_step(old: np.ndarray, new: np.ndarray, size: tuple[int, int]) -> "np.ndarray | None":
@@ -454,11 +453,9 @@ class BlobStage(Stage):
         line = widths.line() if self.config.min_size and widths is not None else None
         if line is None or not len(boxes):
             return np.zeros(len(boxes), bool)
-        height, width = shape[:2]
-        x, y, w, h = (boxes[:, k] for k in range(4))
-        expected = line[0] * (y + h) + line[1]
-        clear = (x > 0) & (y > 0) & (x + w < width) & (y + h < height)
-        return clear & (expected > 1.0) & (np.maximum(w, h) < self.config.min_size * expected)
+        expected = line[0] * (boxes[:, 1] + boxes[:, 3]) + line[1]
+        return (clear_of_border(boxes, shape[1], shape[0]) & (expected > 1.0)
+                & (np.maximum(boxes[:, 2], boxes[:, 3]) < self.config.min_size * expected))
 
     def _split(self, labels, origin, shape, label_ids, boxes, areas, tracker, widths):
         """Blobs cut where they hold more than one vehicle (pipeline.analytics.split). The tests
@@ -535,8 +532,7 @@ class BlobStage(Stage):
         if not (self.config.split_width or self.config.min_size) or not steady:
             return
         b = boxes[steady]
-        clear = ~cut[steady] & (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 0] + b[:, 2] < shape[1]) \
-            & (b[:, 1] + b[:, 3] < shape[0])
+        clear = ~cut[steady] & clear_of_border(b, shape[1], shape[0])
         widths.add(b[clear, 1] + b[clear, 3], b[clear, 2])
 
     def _row_widths(self, stream: str, height: int) -> RowWidths:

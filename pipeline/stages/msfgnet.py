@@ -148,6 +148,7 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer = None   # DeviceFrameBuffer (device path)
         self._uploader = None
         self._registrations = Registrations() if stabilize_mode(self.config.stabilize) == "auto" else None
+        self._refine = refine_mode(self.config.refine) == "guided"
 
     def _check(self) -> None:
         c = self.config
@@ -284,7 +285,7 @@ class MsfgnetStage(LearnedStage):
         image = frame.data.get("dehazed", frame.image)
         h, w = image.shape[:2]
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
-        if refine_mode(self.config.refine) == "guided":
+        if self._refine:
             full = refine_guided(full, image)
         frame.data["fg_prob"] = full
         frame.data["mask"] = cv2.threshold(full, self.config.threshold, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
@@ -344,7 +345,7 @@ class MsfgnetStage(LearnedStage):
         from pipeline import guided_torch as gt
 
         full = gt.resize_linear(prob, size)
-        if refine_mode(self.config.refine) == "guided":
+        if self._refine:
             guide = gt.grey_u8(image).to(torch.float32).mul_(1.0 / 255.0)[None, None]
             a, b = gt.guided_coefficients(guide, full, REFINE_RADIUS, REFINE_EPS)
             full = a.mul_(guide).add_(b)
