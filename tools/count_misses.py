@@ -1,7 +1,7 @@
 """Where the missed line crossings of tools/track_study.py come from (issue 14).
 
 For each true crossing in one direction that no counted crossing was paired with (the pairing of
-``track_study.match_crossings``), the blob that covers the vehicle in the crossing frame (more
+``track_study.pair_crossings``), the blob that covers the vehicle in the crossing frame (more
 than 20 % of its box) is looked up among the blob stage's objects and the miss is put in one class:
 
 * ``no blob``: nothing covers the vehicle (the mask lost it);
@@ -38,24 +38,6 @@ def covered(a, b) -> float:
     return max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0.0, min(ay + ah, by + bh) - max(ay, by))
 
 
-def unpaired(counted, events, truth, frames: int = 6, min_iou: float = 0.1) -> list[dict]:
-    """The true crossings left unpaired by track_study.match_crossings' rule."""
-    pairs = []
-    for i, c in enumerate(counted):
-        boxes = {o["id"]: o["box"] for o in truth[c["frame"] - 1]}
-        for j, e in enumerate(events):
-            if e["direction"] == c["direction"] and abs(e["frame"] - c["frame"]) <= frames and e["id"] in boxes:
-                overlap = ts.iou(c["box"], boxes[e["id"]])
-                if overlap >= min_iou:
-                    pairs.append((overlap, i, j))
-    used_c, used_e = set(), set()
-    for _, i, j in sorted(pairs, reverse=True):
-        if i not in used_c and j not in used_e:
-            used_c.add(i)
-            used_e.add(j)
-    return [e for j, e in enumerate(events) if j not in used_e]
-
-
 def classify(seed: int, args) -> list[dict]:
     gen = SceneGenerator(args.width, args.height, seed=seed, haze=args.haze, nuisances=args.nuisances,
                          motion="ground", frames=args.frames)
@@ -66,7 +48,8 @@ def classify(seed: int, args) -> list[dict]:
     hyps, crossings, _, _ = ts.track(masks, "greedy", config, stream, {"min_area": 100, "max_occluded": 25})
     counted = [c for c in crossings if c["frame"] > args.skip]
     out = []
-    for e in unpaired(counted, events, truth):
+    _, paired = ts.pair_crossings(counted, events, truth)
+    for e in (e for j, e in enumerate(events) if j not in paired):
         if e["direction"] != args.direction:
             continue
         objs = {o["id"]: o for o in truth[e["frame"] - 1]}

@@ -272,11 +272,10 @@ def true_crossing_events(truth, line_y: float, skip: int) -> list[dict]:
     return events
 
 
-def match_crossings(counted, events, truth, frames: int = 6, min_iou: float = 0.1) -> dict:
+def pair_crossings(counted, events, truth, frames: int = 6, min_iou: float = 0.1) -> tuple[set, set]:
     """Counted crossings paired one to one with true ones: same direction, at most ``frames``
     apart, the counted box overlapping the true vehicle's box in the counted frame by ``min_iou``
-    (best overlap first). ``missed``: true crossings left unpaired; ``extra``: counted ones left
-    unpaired (a vehicle counted twice, or a count with no vehicle)."""
+    (best overlap first). Returns the indices of the paired counted crossings and true events."""
     pairs = []
     for i, c in enumerate(counted):
         boxes = {o["id"]: o["box"] for o in truth[c["frame"] - 1]}
@@ -290,6 +289,14 @@ def match_crossings(counted, events, truth, frames: int = 6, min_iou: float = 0.
         if i not in used_c and j not in used_e:
             used_c.add(i)
             used_e.add(j)
+    return used_c, used_e
+
+
+def match_crossings(counted, events, truth) -> dict:
+    """Per direction, counted crossings paired with true ones (``pair_crossings``), ``missed``: true
+    crossings left unpaired, and ``extra``: counted ones left unpaired (a vehicle counted twice, or
+    a count with no vehicle)."""
+    used_c, used_e = pair_crossings(counted, events, truth)
     out = {}
     for d in ("in", "out"):
         out[d] = {"matched": sum(1 for i in used_c if counted[i]["direction"] == d),
