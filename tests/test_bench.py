@@ -56,7 +56,7 @@ def test_bench_runs_the_run_commands_graph_with_every_output(tmp_path):
 
     text = md.read_text()
     assert text.startswith("# Benchmarks\n") and "| **baseline** (decode+dcp+mog2+blobs+analytics+encode) |" in text
-    assert "backend auto, precision fp32" in text and "dehaze (rigan onnxruntime fp32" in text
+    assert "backend auto, precision fp32" in text and f"dehaze (rigan {run['chain'][0]['backend']} fp32" in text
 
 
 def test_bench_reports_backends_side_by_side(tmp_path):

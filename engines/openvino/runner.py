@@ -107,7 +107,9 @@ class OpenVinoRunner(Runner):
         """What the plugin actually runs (``f32``/``bf16``), read back from the compiled model."""
         if self._compiled is None:
             raise RunnerError(f"{self.name}: activate() first")
-        return str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        # an ov.Type (whose str() is "<Type: 'bfloat16'>" in newer releases) or already its name
+        return (value.get_type_name() if hasattr(value, "get_type_name") else str(value)).lower()
 
     def input_specs(self) -> list[TensorSpec]:
         if self._specs is None:
