@@ -152,7 +152,7 @@ def test_vehicles_that_enter_joined_are_cut_apart_and_counted():
     assert len(_entered_joined(masks, truth, 100, skip)) >= 3
 
     def counted(split: bool) -> dict[str, int]:
-        values = {} if split else {"split_growth": 0, "split_width": 0}
+        values = {} if split else {"split_growth": 0, "split_width": 0, "split_staggered": 0}
         blobs = BlobStage(BlobStage.Config(min_area=100, **values))
         stage = AnalyticsStage(AnalyticsStage.Config(lines={"road": [[0.0, 0.8], [1.0, 0.8]]}))
         image = np.zeros((360, 640, 3), np.uint8)
@@ -169,7 +169,8 @@ def test_vehicles_that_enter_joined_are_cut_apart_and_counted():
     assert counted(True) == expected
 
 
-@pytest.mark.parametrize("key, value", [("split_growth", 1.0), ("split_width", -2), ("split_width", float("nan"))])
+@pytest.mark.parametrize("key, value", [("split_growth", 1.0), ("split_width", -2), ("split_width", float("nan")),
+                                        ("split_staggered", 0.5)])
 def test_bad_split_settings_are_one_line_config_errors(key, value):
     with pytest.raises(ConfigError) as err:
         config_from_dict({"stages": [{"blobs": {key: value}}]})
@@ -312,3 +313,67 @@ def test_bad_min_size_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as err:
         config_from_dict({"stages": [{"blobs": {"min_size": 1.5}}]})
     assert err.value.input == "stages.blobs.min_size" and "\n" not in str(err.value)
+
+
+# ------------------------------------------------ two vehicles side by side at different distances
+def _width_at(bottom: float) -> float:
+    """One car's width at its bottom row in the scenes below (perspective: 20 px at row 40, 40 at 240)."""
+    return 20 + 20 * (bottom - 40) / 200
+
+
+def test_staggered_cut_parts_two_cars_at_their_own_rows_and_leaves_one_wide_vehicle_whole():
+    from pipeline.analytics.split import cut_staggered
+
+    line = (0.1, 16.0)  # _width_at as slope, intercept
+    blob = np.zeros((60, 120), bool)
+    near, far = int(_width_at(250)), int(_width_at(225))        # 41 and 38 px
+    blob[10:60, 0:near] = True                                  # nearer car, bottom row 249 (frame row 190 + 59)
+    blob[5:34, near:near + far] = True                          # farther car beside it, bottom row 223
+    left, right = cut_staggered(blob, 190, line)
+    assert left[:, :near].sum() == blob[:, :near].sum() and not left[:, near + 2:].any()
+    assert right[:, near + 2:].sum() == blob[:, near + 2:].sum() and not right[:, :near - 2].any()
+    lorry = np.zeros((50, 80), bool)
+    lorry[5:50, 0:75] = True                                    # 1.8 cars wide, one bottom row
+    assert cut_staggered(lorry, 190, line) is None
+    car_and_shadow = np.zeros((50, 60), bool)
+    car_and_shadow[5:45, 0:41] = True                           # a car with its cast shadow lower beside it
+    car_and_shadow[30:50, 41:58] = True
+    assert cut_staggered(car_and_shadow, 190, line) is None
+
+
+def _staggered_pair(frame: int) -> np.ndarray:
+    """Two lanes at x 60 and 110 with cars driving down 5 px a frame, widths as _width_at. Frames 0-59:
+    single cars, one lane at a time (the blob stage learns the width per row). From frame 60 a pair
+    that touches: the right car further back, so 12 px higher in the picture and narrower."""
+    mask = np.zeros((H, W), np.uint8)
+    cars = [(60, 5 * (frame % 30) + 40) if frame < 60 and (frame // 30) % 2 == 0 else None,
+            (110, 5 * (frame % 30) + 40) if frame < 60 and (frame // 30) % 2 == 1 else None]
+    if frame >= 60:
+        k = frame - 60
+        cars = [(60, 80 + 5 * k), (60 + int(_width_at(80 + 5 * k)), 68 + 5 * k)]  # touching, 12 px higher
+    for car in cars:
+        if car is None or car[1] > H - 3:
+            continue
+        x, bottom = car
+        width = int(_width_at(bottom))
+        mask[max(bottom - int(0.8 * width), 0):bottom, x:x + width] = 255
+    return mask
+
+
+def test_two_cars_side_by_side_at_different_distances_are_both_counted():
+    """The pair is about 1.9 times one car's width at its bottom row: the side-by-side rule (2.2)
+    leaves it one blob and one count; the staggered cut counts both."""
+    def run(staggered: float) -> dict:
+        blobs = BlobStage(BlobStage.Config(min_area=20, split_staggered=staggered, min_size=0))
+        stage = AnalyticsStage(AnalyticsStage.Config(lines={"road": [[0, 200], [319, 200]]}))
+        image = np.zeros((H, W, 3), np.uint8)
+        totals = {"in": 0, "out": 0}
+        for i in range(100):
+            frame = Frame("s", i + 1, i / 25.0, image, data={"mask": _staggered_pair(i)})
+            stage.process(blobs.process([frame]))
+            for c in frame.data["crossings"]:
+                totals[c["direction"]] += i >= 60
+        return totals
+
+    assert run(0) == {"in": 1, "out": 0}
+    assert run(1.5) == {"in": 2, "out": 0}

@@ -45,7 +45,7 @@ def classify(seed: int, args) -> list[dict]:
     masks, truth, _ = ts.cached_detect(gen, args, stream)
     events = ts.true_crossing_events(truth, args.line * args.height, args.skip)
     config = {"lines": {"road": [[0.0, args.line], [1.0, args.line]]}, "calibration": gen.calibration(), "bin_s": 60.0}
-    hyps, crossings, _, _ = ts.track(masks, "greedy", config, stream, {"min_area": 100, "max_occluded": 25})
+    hyps, crossings, *_ = ts.track(masks, "greedy", config, stream, {"min_area": 100, "max_occluded": 25})
     counted = [c for c in crossings if c["frame"] > args.skip]
     out = []
     _, paired = ts.pair_crossings(counted, events, truth)

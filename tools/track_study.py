@@ -173,10 +173,12 @@ def track(masks, tracker: str, analytics_config: dict, stream: str, blob_values:
     analytics = AnalyticsStage(AnalyticsStage.Config(**analytics_config))
     h, w = masks[0].shape
     image = np.zeros((h, w, 3), np.uint8)
-    per_frame, crossings, t_analytics = [], [], 0.0
+    per_frame, crossings, t_analytics, t_blobs = [], [], 0.0, 0.0
     for i, mask in enumerate(masks, start=1):
         frame = Frame(stream, i, (i - 1) / FPS, image, data={"mask": mask})
+        t = time.perf_counter()
         blobs.process([frame])
+        t_blobs += time.perf_counter() - t
         t = time.perf_counter()
         analytics.process([frame])
         t_analytics += time.perf_counter() - t
@@ -189,7 +191,7 @@ def track(masks, tracker: str, analytics_config: dict, stream: str, blob_values:
                 if (c["track"], c["line"]) == (late["track"], late["line"]):
                     c["speed_kmh"] = late["speed_kmh"]
     totals = frame.data["analytics"]["totals"]
-    return per_frame, crossings, totals, t_analytics / len(masks)
+    return per_frame, crossings, totals, t_analytics / len(masks), t_blobs / len(masks)
 
 
 def iou(a, b) -> float:
@@ -358,7 +360,7 @@ def run_seed(seed: int, args) -> dict:
         if split == "off":
             blob_values.update(split_growth=0, split_width=0)
         blob_values.update(json.loads(extra))
-        hyps, crossings, totals, t_frame = track(masks, tracker, analytics_config, stream, blob_values)
+        hyps, crossings, totals, t_frame, t_blobs = track(masks, tracker, analytics_config, stream, blob_values)
         counted = [c for c in crossings if c["frame"] > args.skip]
         name = tracker if len(args.max_occluded) == 1 else f"{tracker}/occluded{max_occluded}"
         name = name if len(args.split) == 1 else f"{name}/split-{split}"
@@ -370,6 +372,7 @@ def run_seed(seed: int, args) -> dict:
             "crossings_matched": match_crossings(counted, events, truth),
             "speed": speed_scores(counted, truth, speed_of, crossed),
             "analytics_ms_per_frame": round(1000 * t_frame, 3),
+            "blobs_ms_per_frame": round(1000 * t_blobs, 3),
         }
     return result
 

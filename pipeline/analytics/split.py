@@ -17,6 +17,11 @@ before. Two rules cut such blobs before tracking:
   the perspective). A piece at least ``split_width`` times that wide at its bottom row is cut into
   ``round(width / expected)`` pieces side by side, each cut at the emptiest column near its
   nominal place.
+* **Two vehicles at different distances side by side** (``split_staggered``). In neighbouring
+  lanes the nearer vehicle is lower and wider, so the pair is less than ``split_width`` times the
+  width expected at the blob's bottom row. A piece at least ``split_staggered`` times that wide is
+  cut at the column where each side is as wide as one vehicle at its own lowest row
+  (``cut_staggered``), when there is one.
 
 Pieces are boolean masks over the blob's box; what ends up smaller than ``min_area`` is dropped.
 A blob that neither rule fires on is passed on as it was. The thresholds were chosen on
@@ -143,6 +148,57 @@ def cut_side_by_side(blob: np.ndarray, count: int) -> list[np.ndarray]:
         if piece.any():
             pieces.append(piece)
     return pieces
+
+
+#: staggered pair: each side's width within this share of one vehicle's width at its own bottom row
+STAGGER_FIT = 0.3
+#: staggered pair: the two sides' bottom rows differ by at least this share of the wider's expected width
+STAGGER_STEP = 0.1
+#: staggered pair: this share of each side's columns reach within STAGGER_STEP of its lowest row (a
+#: vehicle's flat underside; a car with its shadow lower beside it is not two vehicles)
+STAGGER_FLAT = 0.7
+
+
+def cut_staggered(blob: np.ndarray, top: int, line: tuple[float, float]) -> list[np.ndarray] | None:
+    """``blob`` (bool over its box, whose first row is frame row ``top``) cut by columns into two
+    vehicles side by side at different distances, or None when no cut fits.
+
+    Two vehicles in neighbouring lanes, one nearer the camera, stand at different rows: the nearer
+    is lower in the picture and wider. A cut column fits when each side is as wide as one vehicle
+    at that side's own lowest row (``line``: width = slope * row + intercept, within STAGGER_FIT),
+    the sides' lowest rows differ by STAGGER_STEP of the wider one's width or more, and each side's
+    underside is flat (STAGGER_FLAT of its columns reach near its lowest row). Of the fitting
+    columns the one with the smallest worse-side misfit is taken."""
+    h, w = blob.shape
+    filled = blob.any(axis=0)
+    if w < 4 or not filled.any():
+        return None
+    # lowest blob row of each column, in frame rows (-1 where the column is empty)
+    bottom = np.where(filled, top + h - 1 - np.argmax(blob[::-1], axis=0), -1)
+    first, last = int(np.argmax(filled)), int(w - 1 - np.argmax(filled[::-1]))
+    x = np.arange(max(first + 1, 2), last + 1)              # cut columns: the right side starts at x
+    if not len(x):
+        return None
+    lw, rw = x - first, last - x + 1
+    lb = np.maximum.accumulate(bottom)[x - 1]
+    rb = np.maximum.accumulate(bottom[::-1])[::-1][x]
+    le, re = line[0] * lb + line[1], line[0] * rb + line[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        misfit = np.maximum(np.abs(lw / le - 1), np.abs(rw / re - 1))
+    ok = (le > 1) & (re > 1) & (np.abs(lb - rb) >= STAGGER_STEP * np.maximum(le, re)) & (misfit <= STAGGER_FIT)
+    cut = None
+    for k in np.flatnonzero(ok)[np.argsort(misfit[ok], kind="stable")]:   # best fit first
+        c = int(x[k])
+        lcols, rcols = bottom[:c][filled[:c]], bottom[c:][filled[c:]]
+        if (np.mean(lcols >= lb[k] - STAGGER_STEP * le[k]) >= STAGGER_FLAT
+                and np.mean(rcols >= rb[k] - STAGGER_STEP * re[k]) >= STAGGER_FLAT):
+            cut = c
+            break
+    if cut is None:
+        return None
+    left, right = np.zeros_like(blob), np.zeros_like(blob)
+    left[:, :cut], right[:, cut:] = blob[:, :cut], blob[:, cut:]
+    return [left, right]
 
 
 def box_of(piece: np.ndarray, origin: tuple[int, int]) -> tuple[list[int], int]:

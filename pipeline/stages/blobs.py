@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.analytics.counting import anchors_of
 from pipeline.analytics.geometry import parse_zones
-from pipeline.analytics.split import MAX_SIDE_BY_SIDE, RowWidths, box_of, cut_grown, cut_side_by_side
+from pipeline.analytics.split import MAX_SIDE_BY_SIDE, RowWidths, box_of, cut_grown, cut_side_by_side, cut_staggered
 from pipeline.errors import ConfigError, StageError
 from pipeline.frame import Frame
 from pipeline.stages.base import Stage
@@ -328,6 +328,9 @@ class BlobStage(Stage):
         split_growth: float = 1.8
         # cut a blob this many times as wide as one vehicle at its bottom row, side by side (0 = off)
         split_width: float = 2.2
+        # a blob this many times as wide may be two vehicles side by side at different distances:
+        # cut where each side fits one vehicle at its own bottom row (0 = off; needs the learned width)
+        split_staggered: float = 1.5
         # refuse a box that takes a track back against its heading by more than this many times
         # its height (vehicles do not turn round; 0 = off)
         max_reverse: float = 0.5
@@ -348,7 +351,7 @@ class BlobStage(Stage):
 
             _parse_zones(self.zones)
             parse_zones(self.ignore, "stages.blobs.ignore")
-            for key in ("split_growth", "split_width"):
+            for key in ("split_growth", "split_width", "split_staggered"):
                 value = getattr(self, key)
                 if not (value == 0 or value > 1) or not np.isfinite(value):
                     raise ConfigError(f"stages.blobs.{key}", f"must be 0 (off) or > 1, got {value}")
@@ -432,7 +435,7 @@ class BlobStage(Stage):
         big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= c.min_area)
         boxes, area = stats[big, :4], stats[big, cv2.CC_STAT_AREA]
         cut = np.zeros(len(big), bool)
-        if tracker is not None and (c.split_growth or c.split_width):
+        if tracker is not None and (c.split_growth or c.split_width or c.split_staggered):
             boxes, area, cut = self._split(labels, (x0, y0), mask.shape[:2], big + 1, boxes, area, tracker, widths)
         w, h = boxes[:, 2], boxes[:, 3]
         keep = area >= c.min_area
@@ -472,10 +475,10 @@ class BlobStage(Stage):
             # tracked vehicles inside, and the blob grew well past them together: more joined them
             known = inside.astype(np.float64) @ (predicted[:, 2] * predicted[:, 3])
             grown = inside.any(axis=1) & (w * h >= c.split_growth * known)
-        line = widths.line() if c.split_width and widths is not None else None
+        line = widths.line() if (c.split_width or c.split_staggered) and widths is not None else None
         wide = np.zeros(len(boxes), bool)
         if line is not None:
-            wide = self._too_wide(x, y, w, h, line, width)
+            wide = self._too_wide(x, y, w, h, line, width, min(v for v in (c.split_width, c.split_staggered) if v))
         todo = np.flatnonzero(grown | wide)
         if not len(todo):
             return boxes, areas, np.zeros(len(boxes), bool)
@@ -497,12 +500,13 @@ class BlobStage(Stage):
         return (np.concatenate(out_boxes).astype(np.int32), np.concatenate(out_areas).astype(np.int32),
                 np.concatenate(out_cut))
 
-    def _too_wide(self, x, y, w, h, line, width) -> np.ndarray:
-        """Blobs at least ``split_width`` times one vehicle's width at their bottom row, clear of
-        the left, top and right border (a blob that the border cuts has no known width)."""
+    @staticmethod
+    def _too_wide(x, y, w, h, line, width, factor: float) -> np.ndarray:
+        """Blobs at least ``factor`` times one vehicle's width at their bottom row, clear of the
+        left, top and right border (a blob that the border cuts has no known width)."""
         expected = line[0] * (y + h) + line[1]
         clear = (x > 0) & (y > 0) & (x + w < width)
-        return clear & (expected > 1.0) & (w >= self.config.split_width * expected)
+        return clear & (expected > 1.0) & (w >= factor * expected)
 
     def _cut(self, labels, origin, label, box, area, predicted, line, width):
         """(box, pixels) of the pieces of one blob: first cut by its tracks' predictions (when given
@@ -518,9 +522,13 @@ class BlobStage(Stage):
         done = []
         for pbox, parea, pmask in pieces:
             px, py, pw, ph = (np.array([int(v)]) for v in pbox)
-            if line is not None and self._too_wide(px, py, pw, ph, line, width)[0]:
+            columns = pmask[:, pbox[0] - x:pbox[0] - x + pbox[2]]
+            if line is not None and c.split_width and self._too_wide(px, py, pw, ph, line, width, c.split_width)[0]:
                 count = min(int(round(pbox[2] / (line[0] * (pbox[1] + pbox[3]) + line[1]))), MAX_SIDE_BY_SIDE)
-                parts = cut_side_by_side(pmask[:, pbox[0] - x:pbox[0] - x + pbox[2]], max(count, 2))
+                done += [box_of(q, (pbox[0], y)) for q in cut_side_by_side(columns, max(count, 2))]
+            elif (line is not None and c.split_staggered
+                  and self._too_wide(px, py, pw, ph, line, width, c.split_staggered)[0]
+                  and (parts := cut_staggered(columns, y, line)) is not None):
                 done += [box_of(q, (pbox[0], y)) for q in parts]
             else:
                 done.append((pbox, parea))
@@ -528,8 +536,8 @@ class BlobStage(Stage):
 
     def _learn_widths(self, widths, boxes, cut, steady, shape) -> None:
         """Feed the per-row vehicle width with the boxes of steady tracks, not cut, clear of the border
-        (for ``split_width`` and ``min_size``: either one alone needs it)."""
-        if not (self.config.split_width or self.config.min_size) or not steady:
+        (for ``split_width``, ``split_staggered`` and ``min_size``: any one alone needs it)."""
+        if not (self.config.split_width or self.config.split_staggered or self.config.min_size) or not steady:
             return
         b = boxes[steady]
         clear = ~cut[steady] & clear_of_border(b, shape[1], shape[0])
