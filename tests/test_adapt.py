@@ -154,3 +154,30 @@ def test_interrupted_fine_tuning_resumes_where_it_stopped(tmp_path):
     assert info == {**info, "iterations": 4, "resumed_at": 2}
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_adapt_sees_a_shaken_camera_held_still(tmp_path):
+    """With the stage's ``stabilize: auto`` the footage adapt learns from is registered and warped into
+    the reference as the stage's windows are: frames 30 apart then differ less than as shot."""
+    from pipeline.sources.synthetic import Nuisances
+    from training.adapt import read_footage
+
+    gen = SceneGenerator(320, 240, seed=3, frames=80, nuisances=Nuisances(jitter=4))
+    clip = tmp_path / "shaken.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for image, _ in gen.frames():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    def spread(grey):  # median |difference| of frames 30 apart, away from the replicated edges
+        return float(np.mean([np.median(np.abs(grey[t].astype(int) - grey[t - 30])[8:-8, 8:-8])
+                              for t in range(30, len(grey))]))
+
+    still, _, moved = read_footage(str(clip), 1, 0.5, progress=False, stabilize="auto")
+    seen, _, none = read_footage(str(clip), 1, 0.5, progress=False, stabilize="off")
+    assert len(still) == len(seen) == 80 and none == 0 and moved > 20
+    assert spread(still) < 0.7 * spread(seen), (spread(still), spread(seen))

@@ -1,7 +1,9 @@
 """``hazeflow adapt``: fine-tune MSFgNet on one camera's unlabelled footage.
 
 1. **Footage**: up to ``--minutes`` of the input, grey at the stage's working
-   size (``scale`` 0.5), in memory.
+   size (``scale`` 0.5), in memory; with the stage's ``stabilize: auto`` (the
+   default) each frame is registered as the stage does and warped into its
+   epoch's reference, so everything below sees the camera held still.
 2. **Pseudo-labels** on a subset of frames: a pixel is foreground where three
    independent opinions agree that it moved, background where all three agree
    that it did not, and ignored otherwise:
@@ -50,6 +52,7 @@ from engines.weights import record
 from pipeline.cdnet import Confusion
 from pipeline.errors import ConfigError, SourceError
 from pipeline.sources import mask_credentials, open_source
+from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, displacement, stabilize_mode
 from pipeline.stages.msfgnet import MsfgnetStage, grey_small, working_size
 from pipeline.stages.base import resolve_path
 from training.common import load_checkpoint, save_checkpoint
@@ -86,9 +89,16 @@ class AdaptSettings:
 
 # --- footage ----------------------------------------------------------------------------
 def read_footage(uri: str, minutes: float, scale: float, fps_default: float = 25.0,
-                 progress: bool = True) -> tuple[np.ndarray, float]:
-    """(N, h, w) uint8 grey frames at the working size, and the frame rate assumed."""
-    frames, fps = [], fps_default
+                 progress: bool = True, stabilize: str = "off") -> tuple[np.ndarray, float, int]:
+    """(N, h, w) uint8 grey frames at the working size, the frame rate assumed, and how many frames
+    were moved by camera-motion compensation.
+
+    ``stabilize: auto`` registers each frame as the stage does (pipeline.stabilize, on a grey copy up
+    to EST_WIDTH wide) and warps it into its epoch's reference frame (edges replicated), so that the
+    median, MOG2, the windows and the self-check all see the camera held still, as the stage's
+    network does; frames whose registration is unreliable are kept as seen."""
+    frames, fps, moved = [], fps_default, 0
+    registrations = Registrations() if stabilize_mode(stabilize) == "auto" else None
     limit_s = minutes * 60
     with open_source(uri) as source:
         fps = float(getattr(source, "fps", None) or fps_default)
@@ -102,10 +112,18 @@ def read_footage(uri: str, minutes: float, scale: float, fps_default: float = 25
             if frames and small.shape != frames[0].shape:
                 raise SourceError(mask_credentials(uri), "the resolution changed inside the footage; adapt "
                                                          "needs one camera view")
+            if registrations is not None:
+                grey = small if small.shape[1] >= min(w, EST_WIDTH) else grey_small(frame.image, (w, h))
+                pose = registrations.update("footage", grey).pose_at(small.shape[1] / grey.shape[1])
+                back = None if pose is None else np.linalg.inv(pose)   # this frame's pixels -> the reference's
+                if back is not None and displacement(back, small.shape[::-1]) > DEAD_BAND:
+                    small = cv2.warpAffine(small, back[:2], small.shape[::-1], flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE)
+                    moved += 1
             frames.append(small)
             bar.update()
         bar.close()
-    return (np.stack(frames) if frames else np.empty((0, 1, 1), np.uint8)), fps
+    return (np.stack(frames) if frames else np.empty((0, 1, 1), np.uint8)), fps, moved
 
 
 # --- pseudo-labels -------------------------------------------------------------------------
@@ -336,10 +354,11 @@ def main(args) -> int:
     if getattr(args, "resume", False) and cache.is_file():
         data = np.load(cache)
         grey, train_n, train_l, check_n, check_l = (data[k] for k in ("grey", "train_n", "train_l", "check_n", "check_l"))
-        fps = float(data["fps"])
+        fps, moved = float(data["fps"]), int(data["moved"]) if "moved" in data else 0
         print(f"resumed: {len(grey)} frames and their pseudo-labels from {cache}", file=sys.stderr)
     else:
-        grey, fps = read_footage(str(args.input), float(args.minutes), stage.scale, progress=progress)
+        grey, fps, moved = read_footage(str(args.input), float(args.minutes), stage.scale, progress=progress,
+                                        stabilize=stage.stabilize)
         if len(grey) == 0:
             raise SourceError(uri_shown, "no frames read")
         train_n, check_n = split_numbers(len(grey), s, frames_needed)
@@ -348,7 +367,8 @@ def main(args) -> int:
         check_l = pseudo_labels(grey, check_n, None, mog, s)   # judges both models: neither votes
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / "pseudo.tmp.npz"
-        np.savez(tmp, grey=grey, train_n=train_n, train_l=train_l, check_n=check_n, check_l=check_l, fps=fps)
+        np.savez(tmp, grey=grey, train_n=train_n, train_l=train_l, check_n=check_n, check_l=check_l, fps=fps,
+                 moved=moved)
         tmp.replace(cache)
     budget = s.budget_s if s.budget_s is not None else max(60.0, 2.0 * len(grey) / fps)
     deadline = started + budget * 0.85   # leave time for the check and the export
@@ -364,6 +384,7 @@ def main(args) -> int:
     chosen = model if keep else base
     report = {
         "input": uri_shown, "frames": int(len(grey)), "fps": fps, "working_size": list(grey.shape[:0:-1]),
+        "stabilize": stabilize_mode(stage.stabilize), "frames_moved_by_compensation": moved,
         "trained_frames": int(len(train_n)), "held_back_frames": int(len(check_n)),
         "pseudo_label_share": {"foreground": float((train_l == FG).mean()), "background": float((train_l == BG).mean()),
                                "ignored": float((train_l == IGNORE).mean())},
