@@ -181,3 +181,28 @@ def test_adapt_sees_a_shaken_camera_held_still(tmp_path):
     seen, _, none = read_footage(str(clip), 1, 0.5, progress=False, stabilize="off")
     assert len(still) == len(seen) == 80 and none == 0 and moved > 20
     assert spread(still) < 0.7 * spread(seen), (spread(still), spread(seen))
+
+
+def test_the_self_check_keeps_the_base_where_the_pseudo_labels_are_too_poor_to_judge_by():
+    from training.adapt import AdaptSettings, adapted_is_better
+
+    s = AdaptSettings()
+    good = {"agreement_F": 0.90, "fp_rate_empty_frames": 0.01, "flicker": 0.001}
+    better = {"agreement_F": 0.93, "fp_rate_empty_frames": 0.01, "flicker": 0.001}
+    assert adapted_is_better(good, better, s)[0]
+    keep, why = adapted_is_better({**good, "agreement_F": 0.32}, {**better, "agreement_F": 0.50}, s)
+    assert not keep and "too poor to judge" in why
+    keep, why = adapted_is_better(good, {**better, "fp_rate_empty_frames": 0.02}, s)
+    assert not keep and "empty frames" in why
+    keep, why = adapted_is_better(good, {**better, "agreement_F": 0.905}, s)
+    assert not keep and "not 0.01 above" in why
+
+
+def test_the_self_check_ignores_flicker_of_a_few_pixels_but_not_more():
+    from training.adapt import AdaptSettings, adapted_is_better
+
+    s = AdaptSettings()
+    base = {"agreement_F": 0.90, "fp_rate_empty_frames": float("nan"), "flicker": 0.00004}
+    assert adapted_is_better(base, {**base, "agreement_F": 0.93, "flicker": 0.00005}, s)[0]
+    keep, why = adapted_is_better(base, {**base, "agreement_F": 0.93, "flicker": 0.0005}, s)
+    assert not keep and "flicker" in why

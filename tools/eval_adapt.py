@@ -5,7 +5,10 @@ image folder; ``hazeflow adapt`` runs on its frames 1-300 (it never sees a
 label) and the base and the kept model are then scored with the CDnet rules on
 frames 301-400, every frame fed in order from frame 1 through the stage.
 
-    python tools/eval_adapt.py --split validation [--families jitter,foliage,hard] [--budget-s 120] [--json FILE]
+    python tools/eval_adapt.py --split validation [--families jitter,foliage,hard] [--budget-s 120] [--candidate] [--json FILE]
+
+``--candidate`` adapts each sequence a second time with the self-check overruled and scores that model
+too, so a refused adaptation shows whether the refusal was right.
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--families", default="jitter,foliage,hard")
     p.add_argument("--budget-s", type=float, default=120.0)
     p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--candidate", action="store_true",
+                   help="also adapt once more with the self-check overruled and score that model (what the check refused)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     results = {}
@@ -75,9 +80,16 @@ def main(argv: list[str] | None = None) -> int:
                        "kept_F": score(str(tmp / "model"), sequence), "kept": report["kept"], "why": report["why"],
                        "check_base": report["check_base"], "check_adapted": report["check_adapted"],
                        "iterations": report["fine_tuning"]["iterations"], "seconds": report["seconds"]}
+                if args.candidate:  # the same fine-tuning (seeded per iteration), written whatever the check says
+                    from unittest import mock
+
+                    with mock.patch.object(adapt, "adapted_is_better", lambda base, adapted, s: (True, "overruled")):
+                        adapt.main(SimpleNamespace(**{**vars(ns), "out": str(tmp / "candidate")}))
+                    row["candidate_F"] = score(str(tmp / "candidate"), sequence)
                 results[f"{family}#{seed}"] = row
                 print(f"{args.split} {family}#{seed}: base F {row['base_F']:.4f} kept ({row['kept']}) F "
-                      f"{row['kept_F']:.4f}; {row['why']}", flush=True)
+                      f"{row['kept_F']:.4f}; {row['why']}"
+                      + (f"; adapted model F {row['candidate_F']:.4f}" if "candidate_F" in row else ""), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"split": args.split, "results": results}, indent=1, default=float) + "\n")
     return 0

@@ -82,8 +82,12 @@ class AdaptSettings:
     min_noise: float = 3.0          # grey levels; floor of the per-frame noise estimate
     ring: int = 2                   # pixels ignored around confident foreground
     empty_fraction: float = 1e-3    # a frame is empty when pseudo-foreground covers less than this
+    empty_background: float = 0.95  # ... and confident background at least this much (a busy frame's
+                                    # vehicles are mostly ignored pixels, not foreground)
+    min_agreement: float = 0.6      # below this base agreement the pseudo-labels are too poor to judge by
     min_gain: float = 0.01          # agreement F the adapted model must add
     flicker_margin: float = 0.10    # relative flicker increase tolerated
+    flicker_floor: float = 1e-4     # ... plus this absolute share (one pixel in 10,000 is no flicker)
     budget_s: float | None = None   # wall-clock budget; None = 2 s per second of footage, at least 60 s
 
 
@@ -266,7 +270,7 @@ def self_check(prob: np.ndarray, labels: np.ndarray, threshold: float, s: AdaptS
     for m, lab in zip(masks, labels):
         conf.add(m.view(np.uint8) * np.uint8(255), lab)
     agreement = conf.metrics()["F-measure"]
-    empty = [(lab == FG).mean() < s.empty_fraction and (lab == BG).mean() > 0.5 for lab in labels]
+    empty = [(lab == FG).mean() < s.empty_fraction and (lab == BG).mean() >= s.empty_background for lab in labels]
     fp_empty = float(np.mean([m.mean() for m, e in zip(masks, empty) if e])) if any(empty) else float("nan")
     changed, background = 0, 0
     for k in range(1, len(masks)):
@@ -279,13 +283,17 @@ def self_check(prob: np.ndarray, labels: np.ndarray, threshold: float, s: AdaptS
 
 def adapted_is_better(base: dict, adapted: dict, s: AdaptSettings) -> tuple[bool, str]:
     """Protocol rule 3 of docs/models.md."""
+    if not base["agreement_F"] >= s.min_agreement:
+        return False, (f"the base model agrees with the held-back pseudo-labels only {base['agreement_F']:.4f} "
+                       f"(below {s.min_agreement}): too poor to judge an adapted model by")
     if not adapted["agreement_F"] >= base["agreement_F"] + s.min_gain:
         return False, f"agreement F {adapted['agreement_F']:.4f} is not {s.min_gain} above the base's {base['agreement_F']:.4f}"
     if not np.isnan(base["fp_rate_empty_frames"]) and adapted["fp_rate_empty_frames"] > base["fp_rate_empty_frames"]:
         return False, (f"false-positive rate on empty frames {adapted['fp_rate_empty_frames']:.5f} is above "
                        f"the base's {base['fp_rate_empty_frames']:.5f}")
-    if not np.isnan(base["flicker"]) and adapted["flicker"] > base["flicker"] * (1 + s.flicker_margin):
-        return False, f"flicker {adapted['flicker']:.5f} is more than {s.flicker_margin:.0%} above the base's {base['flicker']:.5f}"
+    if not np.isnan(base["flicker"]) and adapted["flicker"] > base["flicker"] * (1 + s.flicker_margin) + s.flicker_floor:
+        return False, (f"flicker {adapted['flicker']:.5f} is more than {s.flicker_margin:.0%} (+{s.flicker_floor:g}) "
+                       f"above the base's {base['flicker']:.5f}")
     return True, "better on agreement, no more false positives on empty frames, no more flicker"
 
 
