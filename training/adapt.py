@@ -52,8 +52,8 @@ from engines.weights import record
 from pipeline.cdnet import Confusion
 from pipeline.errors import ConfigError, SourceError
 from pipeline.sources import mask_credentials, open_source
-from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, displacement, stabilize_mode
-from pipeline.stages.msfgnet import MsfgnetStage, grey_small, working_size
+from pipeline.stabilize import DEAD_BAND, Registrations, displacement, stabilize_mode
+from pipeline.stages.msfgnet import MsfgnetStage, grey_small, registration_grey, working_size
 from pipeline.stages.base import resolve_path
 from training.common import load_checkpoint, save_checkpoint
 from training.losses.segmentation import foreground_loss
@@ -117,7 +117,7 @@ def read_footage(uri: str, minutes: float, scale: float, fps_default: float = 25
                 raise SourceError(mask_credentials(uri), "the resolution changed inside the footage; adapt "
                                                          "needs one camera view")
             if registrations is not None:
-                grey = small if small.shape[1] >= min(w, EST_WIDTH) else grey_small(frame.image, (w, h))
+                grey = registration_grey(frame.image, small)
                 pose = registrations.update("footage", grey).pose_at(small.shape[1] / grey.shape[1])
                 back = None if pose is None else np.linalg.inv(pose)   # this frame's pixels -> the reference's
                 if back is not None and displacement(back, small.shape[::-1]) > DEAD_BAND:

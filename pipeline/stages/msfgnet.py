@@ -74,6 +74,14 @@ def grey_small(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
 
+def registration_grey(image: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """The grey frame camera-motion registration runs on: ``small`` (the working-size grey of
+    ``image``) when it is at least EST_WIDTH wide or the full width, else the full-size grey;
+    registration wants up to EST_WIDTH pixels across, finer than the working size on small inputs."""
+    h, w = image.shape[:2]
+    return small if small.shape[1] >= min(w, EST_WIDTH) else grey_small(image, (w, h))
+
+
 #: guided filter (He, Sun & Tang, TPAMI 2013) of the upsampled probability with the frame's grey as
 #: guide: the network works at half size, and the filter puts the mask's edges back on the
 #: picture's edges. Radius and eps chosen on issue 12's validation data (docs/models.md).
@@ -239,9 +247,8 @@ class MsfgnetStage(LearnedStage):
     def _aligned(self, frame: Frame, small: np.ndarray) -> np.ndarray:
         """Register the frame, push ``small`` with its pose; the window's frames warped into it."""
         image = frame.data.get("dehazed", frame.image)
-        h, w = image.shape[:2]
-        # registration wants up to EST_WIDTH pixels across: finer than the working size on small inputs
-        grey = small if small.shape[1] >= min(w, EST_WIDTH) else grey_small(image, (w, h))
+        w = image.shape[1]
+        grey = registration_grey(image, small)
         motion = self._registrations.update(frame.stream, grey)
         self.buffer.push(frame.stream, small, motion.pose_at(small.shape[1] / grey.shape[1]), motion.epoch)
         picks = window_indices(self.buffer.count(frame.stream), self.frames_in_window, self.config.stride)
