@@ -24,13 +24,36 @@ def run(stage, mask, index=1, stream="s"):
 
 
 def test_boxes_and_areas_are_exact_and_small_blobs_dropped():
-    stage = stage_class("blobs")(BlobStage.Config(min_area=20))
+    stage = stage_class("blobs")(BlobStage.Config(min_area=20, neck=0))  # neck rounds a box's corners
     frame = run(stage, mask_with((10, 20, 30, 10), (100, 50, 8, 12), (180, 5, 4, 4)))  # last one: 16 px
     objects = sorted(frame.data["objects"], key=lambda o: o["box"][0])
     assert [o["box"] for o in objects] == [[10, 20, 30, 10], [100, 50, 8, 12]]
     assert [o["area"] for o in objects] == [300, 96]
     assert len({o["track"] for o in objects}) == 2
     assert frame.data["counts"] == {"all": 2}
+
+
+def test_a_thin_bridge_between_two_blobs_is_cut_and_a_blob_narrower_than_the_neck_stays_whole():
+    # two 40x30 cars joined by a 20x3 smear, a 6x6 distant car, a 40x30 car with a 4 px shadow tongue
+    mask = mask_with((20, 20, 40, 30), (60, 33, 20, 3), (80, 20, 40, 30), (150, 70, 6, 6),
+                     (100, 60, 40, 30), (140, 85, 25, 4))
+
+    def objects(neck: int) -> list:
+        frame = run(BlobStage(BlobStage.Config(min_area=20, neck=neck)), mask)
+        return sorted(frame.data["objects"], key=lambda o: o["box"][0])
+
+    assert [o["box"] for o in objects(0)] == [[20, 20, 100, 30], [100, 60, 65, 30], [150, 70, 6, 6]]
+    cut = objects(9)
+    # each car keeps its box, give or take the pixel of bridge where the disc still fits
+    assert [o["box"] for o in cut] == [[20, 20, 41, 30], [79, 20, 41, 30], [100, 60, 40, 30], [150, 70, 6, 6]]
+    assert cut[-1]["area"] == 36                      # kept exactly: the opening would have removed it
+    assert 1150 < cut[2]["area"] < 1200               # the car without its tongue loses its corners only
+
+
+def test_bad_neck_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        BlobStage.Config(neck=-1)
+    assert err.value.input == "stages.blobs.neck" and "\n" not in str(err.value)
 
 
 def test_track_ids_follow_moving_objects():

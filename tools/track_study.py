@@ -346,7 +346,7 @@ def run_seed(seed: int, args) -> dict:
     crossed = true_crossings(truth, line_y, args.skip)
     events = true_crossing_events(truth, line_y, args.skip)
     analytics_config = {"lines": {"road": [[0.0, args.line], [1.0, args.line]]},
-                        "calibration": gen.calibration(), "bin_s": 60.0}
+                        "calibration": gen.calibration(), "bin_s": 60.0, **json.loads(args.analytics)}
     result = {"seed": seed, "frames": args.frames, "dehazed_share": round(float(np.mean(dehazed)), 3),
               "detect_s": round(detect_s, 1),
               "truth": {d: len(v) for d, v in crossed.items()}, "lane_speeds_kmh": [[d, round(s, 2)] for d, s in lanes],
@@ -401,6 +401,8 @@ def main(argv=None) -> int:
     p.add_argument("--blobs", nargs="+", default=["{}"],
                    help="JSON of blob settings over the defaults, e.g. '{\"max_reverse\": 0}'; several are "
                         "each run on the same masks")
+    p.add_argument("--analytics", default="{}",
+                   help="JSON of analytics stage settings over the defaults, e.g. '{\"recount\": 0.5}'")
     p.add_argument("--skip", type=int, default=50,
                    help="frames left out of every score at the start (MSFgNet's window fills, tracks start)")
     p.add_argument("--cache", default=None,
