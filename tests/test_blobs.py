@@ -66,6 +66,18 @@ def test_track_ids_follow_moving_objects():
     assert len(set(ids)) == 1 and ids[0][0] != ids[0][1]
 
 
+def test_a_track_is_continued_by_nearness_only_on_a_box_of_about_its_size():
+    def second_id(second_box) -> tuple[int, int]:
+        tracker = BoxTracker(match_iou=0.2, match_distance=0.75, max_missed=3)
+        first = tracker.update(np.array([[10, 10, 40, 40]]))
+        return first[0], tracker.update(np.array([second_box]))[0]
+
+    same, near = second_id([52, 12, 36, 36])     # no overlap, centre 40 px on, about its size
+    assert same == near
+    first, fragment = second_id([45, 25, 10, 10])  # as near, but a sixteenth of its area: a fragment
+    assert fragment != first
+
+
 def test_small_fast_object_keeps_its_id_by_centroid():
     stage = BlobStage(BlobStage.Config(min_area=4))
     first = run(stage, mask_with((10, 10, 6, 6)))

@@ -67,6 +67,8 @@ class BoxTracker:
     TRAVEL_PX = 10.0
     #: the least distance, pixels, behind its furthest point that counts as turning round
     REVERSE_PX = 3.0
+    #: a box matched by nearness alone (no overlap) has between 1/3 and 3 times the track's area
+    NEAR_AREA_RATIO = 3.0
 
     def __init__(self, match_iou: float, match_distance: float, max_missed: int,
                  max_occluded: int = 0, min_age: int = 3, max_reverse: float = 0.0):
@@ -246,7 +248,8 @@ class BoxTracker:
         return known[:, None] & steady & (back > allowed)  # a front not known (nan) compares False
 
     def _match_scores(self, tracks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """IoU where it passes ``match_iou``; else a small score for near centroids; else 0."""
+        """IoU where it passes ``match_iou``; else a small score for near centroids of boxes of
+        about the track's size (``NEAR_AREA_RATIO``); else 0."""
         t, b = tracks[:, None, :], boxes[None, :, :]  # broadcast to tracks x boxes
         t_lo, t_size, b_lo, b_size = t[..., :2], t[..., 2:], b[..., :2], b[..., 2:]
         overlap = np.minimum(t_lo + t_size, b_lo + b_size) - np.maximum(t_lo, b_lo)
@@ -256,6 +259,10 @@ class BoxTracker:
         reach = self.match_distance * np.maximum(np.hypot(*np.moveaxis(t_size, -1, 0)),
                                                  np.hypot(*np.moveaxis(b_size, -1, 0)))
         near = np.clip(1.0 - np.hypot(dx, dy) / reach, 0, None) * 1e-3  # always below any accepted IoU
+        # by nearness only a box of about the track's size: a vehicle's blob that the mask joined
+        # to another's is not continued on a shadow fragment a box-length away
+        ratio = np.prod(b_size, axis=-1) / np.maximum(np.prod(t_size, axis=-1), 1e-9)
+        near = np.where((ratio >= 1 / self.NEAR_AREA_RATIO) & (ratio <= self.NEAR_AREA_RATIO), near, 0.0)
         return np.where(iou >= self.match_iou, iou, near)
 
 
