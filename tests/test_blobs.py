@@ -50,6 +50,32 @@ def test_a_thin_bridge_between_two_blobs_is_cut_and_a_blob_narrower_than_the_nec
     assert 1150 < cut[2]["area"] < 1200               # the car without its tongue loses its corners only
 
 
+@pytest.mark.parametrize("neck", [3, 5, 9, 15])
+def test_neck_equals_its_plain_definition_on_random_masks(neck):
+    """The stage samples the opened mask on a grid (and the picture's edges) to find the blobs
+    that kept a pixel; the plain definition looks at every pixel. Random blobs, bridges and specks,
+    some cut by the picture's border."""
+    import cv2
+    rng = np.random.default_rng(neck)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (neck, neck))
+    stage = BlobStage(BlobStage.Config(neck=neck))
+    for _ in range(60):
+        mask = np.zeros((H, W), np.uint8)
+        for _ in range(rng.integers(1, 16)):
+            x, y = (int(v) for v in rng.integers(-3, (W + 3, H + 3)))
+            a, b = (int(v) for v in rng.integers(max(neck // 2 - 2, 1), neck // 2 + 3, 2))  # about the disc
+            cv2.ellipse(mask, (x, y), (a, b), float(rng.uniform(0, 180)), 0, 360, 255, -1)
+            x2, y2 = (int(v) for v in rng.integers(0, (W, H)))
+            cv2.line(mask, (x, y), (x2, y2), 255, int(rng.integers(1, neck + 3)))
+        opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REPLICATE)
+        count, labels = cv2.connectedComponents(mask, connectivity=8)
+        survived = np.zeros(count, bool)
+        survived[labels[opened > 0]] = True
+        survived[0] = True
+        expected = np.where(survived[labels], opened, 255).astype(np.uint8)
+        assert np.array_equal(stage._break_necks(mask), expected)
+
+
 def test_bad_neck_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as err:
         BlobStage.Config(neck=-1)

@@ -296,6 +296,19 @@ def _edge_step(old: np.ndarray, new: np.ndarray, size: tuple[int, int]) -> "np.n
     return np.array(step, np.float64)
 
 
+def _inscribed_square(kernel: np.ndarray) -> int:
+    """Side of the largest square of ones centred in a structuring element (at least 1)."""
+    n = min(kernel.shape)
+    cy, cx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    side = 1
+    for s in range(1, n + 1):
+        top, left = cy - (s - 1) // 2, cx - (s - 1) // 2
+        if top < 0 or left < 0 or not kernel[top:top + s, left:left + s].all():
+            break
+        side = s
+    return side
+
+
 def _inside_any(box: np.ndarray, others: np.ndarray) -> bool:
     """Whether ``box``'s centre lies inside any of ``others`` (Nx4 x, y, w, h)."""
     if not len(others):
@@ -391,6 +404,7 @@ class BlobStage(Stage):
         self._closing = cv2.getStructuringElement(cv2.MORPH_RECT, (gap + 1, gap + 1)) if gap else None
         neck = self.config.neck
         self._neck = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (neck, neck)) if neck else None
+        self._neck_step = _inscribed_square(self._neck) if neck else 1
 
     def process(self, frames: Sequence[Frame]) -> Sequence[Frame]:
         for frame in frames:
@@ -480,12 +494,23 @@ class BlobStage(Stage):
         crop = mask[y0:y1, x0:x1]
         opened = cv2.morphologyEx(crop, cv2.MORPH_OPEN, self._neck, borderType=cv2.BORDER_REPLICATE)
         count, labels = cv2.connectedComponents(crop, connectivity=self.config.connectivity, ltype=cv2.CV_32S)
+        # what the opening keeps is a union of whole discs, each holding a square of _neck_step
+        # pixels, so a grid of that step finds every blob that kept any pixel; a disc cut by the
+        # picture's border (replicated there) may hold less, but it touches the border
+        step = self._neck_step
         survived = np.zeros(count, bool)
-        survived[labels[opened > 0]] = True
-        gone = np.where(survived, 0, 255).astype(np.uint8)
-        gone[0] = 0  # the background
+        survived[labels[::step, ::step][opened[::step, ::step] > 0]] = True
+        for edge in (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1]):
+            survived[labels[edge][opened[edge] > 0]] = True
+        survived[0] = True  # the background
+        if not survived.all():
+            gone = np.zeros(max(count, 256), np.uint8)
+            gone[:count][~survived] = 255
+            small = (cv2.LUT(cv2.convertScaleAbs(labels), gone) if count <= 256  # a table lookup: labels fit a byte
+                     else np.take(gone, labels))
+            opened = cv2.bitwise_or(opened, small)
         out = mask.copy()
-        out[y0:y1, x0:x1] = cv2.bitwise_or(opened, gone[labels])
+        out[y0:y1, x0:x1] = opened
         return out
 
     def _fragments(self, boxes: np.ndarray, widths: "RowWidths | None", shape: tuple[int, ...]) -> np.ndarray:
