@@ -48,6 +48,35 @@ def test_line_counts_each_direction_once_despite_wobble():
     assert line.totals == {"in": 1, "out": 1}
 
 
+def _run_line(recount: float, path: list[tuple[float, float]]) -> list:
+    """One track's (anchor row, box height) per frame over a line at row 100, counted upwards."""
+    line = LineCounter("road", (0, 100), (200, 100), hysteresis=3, recount=recount)
+    crossings = []
+    for y, h in path:
+        crossings += line.update([7], np.array([[50.0, y]]), np.array([h]))
+    return crossings
+
+
+# a receding car (40 px tall) crosses at row 100; its blob then joins the car behind, whose bottom
+# (row 130, the joined blob 80 px tall) becomes the track's anchor, and the track carries that car
+# steadily over the line
+HANDED_OVER = [(130, 40), (115, 40), (98, 40), (85, 40), (130, 80), (118, 42), (106, 40), (95, 38), (85, 36)]
+
+
+@pytest.mark.parametrize("recount, expected", [(0.3, 2), (0.0, 1)])
+def test_a_track_handed_the_vehicle_behind_counts_it_too(recount, expected):
+    crossings = _run_line(recount, HANDED_OVER)
+    assert [d for _, d in crossings] == ["out"] * expected
+
+
+def test_a_track_is_not_recounted_for_a_wobble_or_for_jumping_back_to_the_vehicle_ahead():
+    # back 8 px behind the line (a fifth of its 40 px), then on: one vehicle, one count
+    assert len(_run_line(0.3, [(130, 40), (97, 40), (90, 40), (108, 40), (96, 40), (80, 40)])) == 1
+    # joined with the car behind (anchor back to 130), then the blobs part and the track jumps
+    # back to the car ahead (80 -> 40 px tall): the vehicle ahead is not counted again
+    assert len(_run_line(0.3, [(130, 40), (98, 40), (85, 40), (130, 80), (126, 82), (80, 40), (70, 38)])) == 1
+
+
 def test_crossing_beyond_the_segment_is_not_counted():
     line = LineCounter("short", (0, 50), (40, 50), hysteresis=2)
     for y in (30, 45, 55, 70):
@@ -154,6 +183,7 @@ def test_a_capped_table_folds_old_bins_into_totals_that_match_the_whole_run():
                                                          "ground": [[0, 0], [1, 0], [1, 1], [0, 1]]}},
      "stages.analytics.calibration.image", "one line"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "bin_s": 0}, "stages.analytics.bin_s", "> 0"),
+    ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "recount": -0.5}, "stages.analytics.recount", ">= 0"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "speed_min_s": 0}, "stages.analytics.speed_min_s", "> 0"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "colour": "red"}, "stages.analytics.colour", "unknown key"),
     ({}, "stages.analytics", "at least one of lines or zones"),

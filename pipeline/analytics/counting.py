@@ -36,9 +36,21 @@ class LineCounter:
     line (mask noise, camera shake) keeps its last side. A change of side is a crossing when the
     anchor is within the segment's extent: ``in`` from the left side to the right side, ``out``
     the other way; for a line drawn left to right, ``in`` is downwards in the picture.
+
+    A track is counted once per line, unless it is handed another vehicle. With ``recount`` > 0,
+    a counted track whose anchor comes back to the side it crossed from, further from the line
+    than ``recount`` times its box's height when it crossed, may count again. A vehicle does not
+    drive back a third of its length; a track's anchor does when its blob joins the vehicle
+    behind (the joined blob's bottom is that vehicle's), and the track then carries that vehicle
+    over the line. Such a second crossing counts only with a steady box (height within 30 % of
+    the last frame's): when the joined blob parts again and the track jumps back to the vehicle
+    ahead, that is not a crossing.
     """
 
-    def __init__(self, name: str, a, b, hysteresis: float):
+    #: a re-armed track's box height may change by this share between two frames as it crosses
+    STEADY = 0.3
+
+    def __init__(self, name: str, a, b, hysteresis: float, recount: float = 0.0):
         self.name = name
         self.a = np.asarray(a, np.float64)
         d = np.asarray(b, np.float64) - self.a
@@ -46,29 +58,49 @@ class LineCounter:
         self.unit = d / self.length
         self.normal = np.array([-self.unit[1], self.unit[0]])  # points to the right of A->B on screen
         self.hysteresis = float(hysteresis)
+        self.recount = float(recount)
         self.sides: dict[int, int] = {}
         self.counted: set[int] = set()
+        self.onto: dict[int, tuple[int, float]] = {}  # counted track -> (side it crossed onto, its height then)
+        self.rearmed: set[int] = set()                # tracks that came back: their next crossing needs a steady box
+        self.heights: dict[int, float] = {}           # last box height per track (with recount)
         self.totals = {IN: 0, OUT: 0}
 
-    def update(self, tracks, anchors: np.ndarray) -> list[tuple[int, str]]:
-        """(track, direction) of the crossings in this frame."""
+    def update(self, tracks, anchors: np.ndarray, heights=None) -> list[tuple[int, str]]:
+        """(track, direction) of the crossings in this frame. ``heights``, the boxes' heights, are
+        needed for ``recount`` (without them no track is counted twice)."""
         if not len(tracks):
             return []
         rel = anchors - self.a
         dist = rel @ self.normal
         along = rel @ self.unit
+        recount = self.recount if heights is not None else 0.0
+        if not recount:
+            heights = np.zeros(len(tracks))
         crossings = []
-        for track, d, u in zip(tracks, dist, along):
+        for track, d, u, h in zip(tracks, dist, along, heights):
+            if recount:
+                last_height = self.heights.get(track, 0.0)
+                self.heights[track] = float(h)
             if abs(d) <= self.hysteresis:
                 continue
             side = 1 if d > 0 else -1
             before = self.sides.get(track)
             self.sides[track] = side
+            if recount and track in self.counted:
+                onto, height = self.onto[track]
+                if side != onto and abs(d) > recount * height:  # back a third of a vehicle: another one
+                    self.counted.discard(track)
+                    self.rearmed.add(track)
+                continue
             if before is None or before == side or track in self.counted:
                 continue
+            if track in self.rearmed and not abs(h - last_height) <= self.STEADY * last_height:
+                continue  # jumped over the line (a joined blob parted): no vehicle drove over it
             if -self.hysteresis <= u <= self.length + self.hysteresis:
                 direction = IN if side > 0 else OUT
                 self.counted.add(track)
+                self.onto[track] = (side, float(h))
                 self.totals[direction] += 1
                 crossings.append((track, direction))
         return crossings
@@ -77,6 +109,9 @@ class LineCounter:
         for t in tracks:
             self.sides.pop(t, None)
             self.counted.discard(t)
+            self.onto.pop(t, None)
+            self.rearmed.discard(t)
+            self.heights.pop(t, None)
 
 
 class ZoneMembers:
@@ -211,9 +246,9 @@ class StreamAnalytics:
 
     def __init__(self, lines: list[Shape], zones: list[Shape], calibration: Calibration | None,
                  width: int, height: int, hysteresis: float, speed_window_s: float, forget_after: int,
-                 speed_min_s: float = 0.2):
+                 speed_min_s: float = 0.2, recount: float = 0.0):
         self.size = (width, height)
-        self.lines = [LineCounter(s.name, *s.in_pixels(width, height), hysteresis) for s in lines]
+        self.lines = [LineCounter(s.name, *s.in_pixels(width, height), hysteresis, recount) for s in lines]
         self.zones = [ZoneMembers(s.name, s.in_pixels(width, height), width, height) for s in zones]
         self.speed = (SpeedMeter(calibration.homography(width, height), width, height, speed_window_s,
                                  min(speed_min_s, speed_window_s))
@@ -249,7 +284,7 @@ class StreamAnalytics:
             by_track = dict(zip(tracks, self.speed.update(tracks, anchors, boxes, t)))
         crossings = []
         for line in self.lines:
-            for track, direction in line.update(tracks, anchors):
+            for track, direction in line.update(tracks, anchors, boxes[:, 3]):
                 c = {"line": line.name, "direction": direction, "track": track, "t": t, "speed_kmh": by_track[track]}
                 crossings.append(c)
                 if c["speed_kmh"] is None and self.speed is not None:

@@ -40,6 +40,7 @@ class AnalyticsStage(Stage):
         zones: dict = field(default_factory=dict)     # name -> [[x, y], [x, y], [x, y], ...]
         calibration: dict | None = None               # {image: 4 points, ground: 4 points in metres}
         hysteresis: float = 3.0                       # pixels an anchor must pass beyond a line to change side
+        recount: float = 0.3                          # a counted track back over a line by this x its height counts again (0 = off)
         bin_s: float = 60.0                           # length of a time bin of analytics.csv, seconds of pts
         speed_window_s: float = 1.0                   # path length used for one speed estimate
         speed_min_s: float = 0.2                      # shortest clean path that gives a speed
@@ -54,7 +55,7 @@ class AnalyticsStage(Stage):
             names = list(self.lines) + list(self.zones)
             if len(set(map(str, names))) != len(names):
                 raise ConfigError("stages.analytics", "a line and a zone share a name; names must be unique")
-            for key, low in (("hysteresis", 0.0), ("bin_s", 1e-9), ("speed_window_s", 1e-9), ("speed_min_s", 1e-9)):
+            for key, low in (("hysteresis", 0.0), ("recount", 0.0), ("bin_s", 1e-9), ("speed_window_s", 1e-9), ("speed_min_s", 1e-9)):
                 if not getattr(self, key) >= low or not np.isfinite(getattr(self, key)):
                     raise ConfigError(f"stages.analytics.{key}", f"must be > 0, got {getattr(self, key)}"
                                       if low else f"must be >= 0, got {getattr(self, key)}")
@@ -99,7 +100,7 @@ class AnalyticsStage(Stage):
             c = self.config
             state = self._streams[frame.stream] = StreamAnalytics(
                 self._lines, self._zones, self._calibration, w, h, c.hysteresis, c.speed_window_s, c.forget_after,
-                c.speed_min_s)
+                c.speed_min_s, c.recount)
         return state
 
     def reset_stream(self, stream: str) -> None:
