@@ -23,7 +23,9 @@ vehicles:
 * speed: each counted crossing against the lane speed of the true vehicle its box overlaps
   most, and the mean per direction against the true mean of the vehicles that crossed.
 
-Usage: ``python tools/track_study.py --seeds 1 2 3 --frames 500 --json out/track_study.json``.
+Usage: ``python tools/track_study.py --seeds 1 2 3 --frames 500 --json out/track_study.json``;
+``--blobs`` and ``--analytics`` take JSON of stage settings over the defaults (several ``--blobs``
+are each run on the same masks), ``--msfgnet`` the detector's (its masks are cached per setting).
 Settings (line row, min area) were fixed before the runs; the seeds say which scenes were used.
 """
 from __future__ import annotations
