@@ -77,6 +77,22 @@ def test_a_track_is_not_recounted_for_a_wobble_or_for_jumping_back_to_the_vehicl
     assert len(_run_line(0.3, [(130, 40), (98, 40), (85, 40), (130, 80), (126, 82), (80, 40), (70, 38)])) == 1
 
 
+def test_a_track_out_of_a_parted_blob_counts_only_once_it_moves_on_away_from_the_line():
+    def run(path) -> list:
+        line = LineCounter("road", (0, 100), (200, 100), hysteresis=3, parted=0.3)
+        line.update([1], np.array([[50.0, 130.0]]), np.array([80.0]))  # the joined blob, below the line
+        line.inherit(2, 1)                                              # track 2 came out of it
+        crossings = []
+        for y in path:
+            crossings += line.update([2], np.array([[60.0, y]]), np.array([40.0]))
+        return crossings
+
+    assert run([90, 80, 70]) == [(2, "out")]     # above the line, moving up: it crossed while joined
+    assert run([90, 88, 87]) == []                # not yet 12 px (0.3 x 40) further on
+    # above the line but moving down (an approaching vehicle): not an `out`, and its own crossing counts
+    assert run([90, 96, 110, 120]) == [(2, "in")]
+
+
 def test_crossing_beyond_the_segment_is_not_counted():
     line = LineCounter("short", (0, 50), (40, 50), hysteresis=2)
     for y in (30, 45, 55, 70):
@@ -184,6 +200,7 @@ def test_a_capped_table_folds_old_bins_into_totals_that_match_the_whole_run():
      "stages.analytics.calibration.image", "one line"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "bin_s": 0}, "stages.analytics.bin_s", "> 0"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "recount": -0.5}, "stages.analytics.recount", ">= 0"),
+    ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "parted": -1}, "stages.analytics.parted", ">= 0"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "speed_min_s": 0}, "stages.analytics.speed_min_s", "> 0"),
     ({"lines": {"a": [[0, 0.5], [1, 0.5]]}, "colour": "red"}, "stages.analytics.colour", "unknown key"),
     ({}, "stages.analytics", "at least one of lines or zones"),

@@ -45,12 +45,20 @@ class LineCounter:
     over the line. Such a second crossing counts only with a steady box (height within 30 % of
     the last frame's): when the joined blob parts again and the track jumps back to the vehicle
     ahead, that is not a crossing.
+
+    A track born from a blob that parted (``parent``, from the blob stage) starts on its parent's
+    side of the line. With ``parted`` > 0, if it appears on the other side, it crossed while its
+    blob was joined to another vehicle's (whose lower edge held the joined blob's anchor back): the
+    crossing counts once the track has moved on, away from the line, by ``parted`` times its box's
+    height. A track that goes back over the line first (it was not crossing, e.g. an approaching
+    vehicle above a line its parent's anchor was below) is not counted then, and crosses as any
+    other.
     """
 
     #: a re-armed track's box height may change by this share between two frames as it crosses
     STEADY = 0.3
 
-    def __init__(self, name: str, a, b, hysteresis: float, recount: float = 0.0):
+    def __init__(self, name: str, a, b, hysteresis: float, recount: float = 0.0, parted: float = 0.0):
         self.name = name
         self.a = np.asarray(a, np.float64)
         d = np.asarray(b, np.float64) - self.a
@@ -59,24 +67,33 @@ class LineCounter:
         self.normal = np.array([-self.unit[1], self.unit[0]])  # points to the right of A->B on screen
         self.hysteresis = float(hysteresis)
         self.recount = float(recount)
+        self.parted = float(parted)
         self.sides: dict[int, int] = {}
         self.counted: set[int] = set()
         self.onto: dict[int, tuple[int, float]] = {}  # counted track -> (side it crossed onto, its height then)
         self.rearmed: set[int] = set()                # tracks that came back: their next crossing needs a steady box
         self.heights: dict[int, float] = {}           # last box height per track (with recount)
+        self.inherited: dict[int, int] = {}           # new track -> its parent's side, until it is first seen
+        self.pending: dict[int, tuple[int, float]] = {}  # track -> (side it appeared on, distance then)
         self.totals = {IN: 0, OUT: 0}
+
+    def inherit(self, track: int, parent: int) -> None:
+        """``track`` is new and came out of ``parent``'s blob: it starts on the parent's side."""
+        if self.parted and track not in self.sides and parent in self.sides:
+            self.inherited[track] = self.sides[parent]
 
     def update(self, tracks, anchors: np.ndarray, heights=None) -> list[tuple[int, str]]:
         """(track, direction) of the crossings in this frame. ``heights``, the boxes' heights, are
-        needed for ``recount`` (without them no track is counted twice)."""
+        needed for ``recount`` and ``parted`` (without them neither applies)."""
         if not len(tracks):
             return []
         rel = anchors - self.a
         dist = rel @ self.normal
         along = rel @ self.unit
         recount = self.recount if heights is not None else 0.0
-        if not recount:
+        if heights is None:
             heights = np.zeros(len(tracks))
+            self.inherited.clear()
         crossings = []
         for track, d, u, h in zip(tracks, dist, along, heights):
             if recount:
@@ -87,6 +104,25 @@ class LineCounter:
             side = 1 if d > 0 else -1
             before = self.sides.get(track)
             self.sides[track] = side
+            if before is None and track in self.inherited:
+                if self.inherited.pop(track) != side:  # out of a joined blob on the other side
+                    self.pending[track] = (side, abs(d))
+                continue
+            if track in self.pending:
+                appeared, distance = self.pending[track]
+                if side != appeared:
+                    del self.pending[track]  # it came back: it was not crossing, and this is a crossing
+                elif abs(d) < distance + self.parted * h:
+                    continue
+                else:
+                    del self.pending[track]
+                    if track not in self.counted and -self.hysteresis <= u <= self.length + self.hysteresis:
+                        direction = IN if side > 0 else OUT
+                        self.counted.add(track)
+                        self.onto[track] = (side, float(h))
+                        self.totals[direction] += 1
+                        crossings.append((track, direction))
+                    continue
             if recount and track in self.counted:
                 onto, height = self.onto[track]
                 if side != onto and abs(d) > recount * height:  # back a third of a vehicle: another one
@@ -112,6 +148,8 @@ class LineCounter:
             self.onto.pop(t, None)
             self.rearmed.discard(t)
             self.heights.pop(t, None)
+            self.inherited.pop(t, None)
+            self.pending.pop(t, None)
 
 
 class ZoneMembers:
@@ -246,9 +284,10 @@ class StreamAnalytics:
 
     def __init__(self, lines: list[Shape], zones: list[Shape], calibration: Calibration | None,
                  width: int, height: int, hysteresis: float, speed_window_s: float, forget_after: int,
-                 speed_min_s: float = 0.2, recount: float = 0.0):
+                 speed_min_s: float = 0.2, recount: float = 0.0, parted: float = 0.0):
         self.size = (width, height)
-        self.lines = [LineCounter(s.name, *s.in_pixels(width, height), hysteresis, recount) for s in lines]
+        self.lines = [LineCounter(s.name, *s.in_pixels(width, height), hysteresis, recount, parted)
+                      for s in lines]
         self.zones = [ZoneMembers(s.name, s.in_pixels(width, height), width, height) for s in zones]
         self.speed = (SpeedMeter(calibration.homography(width, height), width, height, speed_window_s,
                                  min(speed_min_s, speed_window_s))
@@ -259,7 +298,7 @@ class StreamAnalytics:
         self.pending: list[dict] = []  # crossings whose vehicle had no speed yet
         self.frames = 0
 
-    def update(self, tracks: list[int], boxes: np.ndarray, t: float, occluded=None) -> dict:
+    def update(self, tracks: list[int], boxes: np.ndarray, t: float, occluded=None, parents=None) -> dict:
         """This frame's crossings, zone members and speeds (by track).
 
         A vehicle is counted the frame it crosses. Its speed is often not known yet then (a
@@ -268,7 +307,8 @@ class StreamAnalytics:
         the crossing, speed) as soon as it is measured, or never after ``2 * speed_window_s``.
         ``occluded`` flags tracks the blob stage carries on a predicted box inside another's
         blob: they cross lines and sit in zones, but their predicted path measures no speed
-        (they keep the last one measured).
+        (they keep the last one measured). ``parents`` maps a new track to the track whose blob it
+        came out of (see LineCounter).
         """
         self.frames += 1
         anchors = anchors_of(boxes)
@@ -284,6 +324,8 @@ class StreamAnalytics:
             by_track = dict(zip(tracks, self.speed.update(tracks, anchors, boxes, t)))
         crossings = []
         for line in self.lines:
+            for track, parent in (parents or {}).items():
+                line.inherit(track, parent)
             for track, direction in line.update(tracks, anchors, boxes[:, 3]):
                 c = {"line": line.name, "direction": direction, "track": track, "t": t, "speed_kmh": by_track[track]}
                 crossings.append(c)

@@ -41,6 +41,8 @@ class AnalyticsStage(Stage):
         calibration: dict | None = None               # {image: 4 points, ground: 4 points in metres}
         hysteresis: float = 3.0                       # pixels an anchor must pass beyond a line to change side
         recount: float = 0.3                          # a counted track back over a line by this x its height counts again (0 = off)
+        parted: float = 0.3                           # a track out of a parted blob, across a line from its parent, counts
+                                                      # once it moved on by this x its height (0 = off)
         bin_s: float = 60.0                           # length of a time bin of analytics.csv, seconds of pts
         speed_window_s: float = 1.0                   # path length used for one speed estimate
         speed_min_s: float = 0.2                      # shortest clean path that gives a speed
@@ -55,7 +57,7 @@ class AnalyticsStage(Stage):
             names = list(self.lines) + list(self.zones)
             if len(set(map(str, names))) != len(names):
                 raise ConfigError("stages.analytics", "a line and a zone share a name; names must be unique")
-            for key, low in (("hysteresis", 0.0), ("recount", 0.0), ("bin_s", 1e-9), ("speed_window_s", 1e-9), ("speed_min_s", 1e-9)):
+            for key, low in (("hysteresis", 0.0), ("recount", 0.0), ("parted", 0.0), ("bin_s", 1e-9), ("speed_window_s", 1e-9), ("speed_min_s", 1e-9)):
                 if not getattr(self, key) >= low or not np.isfinite(getattr(self, key)):
                     raise ConfigError(f"stages.analytics.{key}", f"must be > 0, got {getattr(self, key)}"
                                       if low else f"must be >= 0, got {getattr(self, key)}")
@@ -81,7 +83,8 @@ class AnalyticsStage(Stage):
             boxes = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
             tracks = [int(o["track"]) for o in objects]
             occluded = [bool(o.get("occluded")) for o in objects]
-            result = state.update(tracks, boxes, frame_time(frame), occluded)
+            parents = {int(o["track"]): int(o["parent"]) for o in objects if "parent" in o}
+            result = state.update(tracks, boxes, frame_time(frame), occluded, parents)
             for obj, track in zip(objects, tracks):
                 speed = result["speeds"].get(track)
                 if speed is not None:
@@ -100,7 +103,7 @@ class AnalyticsStage(Stage):
             c = self.config
             state = self._streams[frame.stream] = StreamAnalytics(
                 self._lines, self._zones, self._calibration, w, h, c.hysteresis, c.speed_window_s, c.forget_after,
-                c.speed_min_s, c.recount)
+                c.speed_min_s, c.recount, c.parted)
         return state
 
     def reset_stream(self, stream: str) -> None:

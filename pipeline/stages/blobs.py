@@ -69,6 +69,8 @@ class BoxTracker:
     REVERSE_PX = 3.0
     #: a box matched by nearness alone (no overlap) has between 1/3 and 3 times the track's area
     NEAR_AREA_RATIO = 3.0
+    #: a new track's parent is the track whose last box held at least this share of its box
+    PARENT_SHARE = 0.5
 
     def __init__(self, match_iou: float, match_distance: float, max_missed: int,
                  max_occluded: int = 0, min_age: int = 3, max_reverse: float = 0.0):
@@ -92,6 +94,7 @@ class BoxTracker:
         self._front = np.zeros((0, 2), np.float64)
         self._next_id = 1
         self.occluded: list[tuple[int, list[float]]] = []  # (id, predicted box) after the last update
+        self.parents: dict[int, int] = {}  # new track -> the track whose blob it came out of, last update
         self.steady: list[int] = []  # indices of the last update's boxes whose track kept a steady size
 
     def update(self, boxes: np.ndarray, size: "tuple[int, int] | None" = None) -> list[int]:
@@ -168,10 +171,14 @@ class BoxTracker:
                 # keep unmatched tracks a few frames (mask dropout); an occluded one whose
                 # prediction left every blob ends here, so it cannot take a stranger's box later
                 keep(box, self._ids[t], self._missed[t] + 1, vel, self._age[t], 0, growth, origin, heading, front)
+        self.parents = {}
         for b, box in enumerate(boxes):
             if not ids[b]:
                 ids[b] = self._next_id
                 self._next_id += 1
+                parent = self._parent(box)
+                if parent is not None:
+                    self.parents[ids[b]] = parent
                 ground = ground_list[b] if clear[b] else (math.nan, math.nan)
                 keep(box, ids[b], 0, np.zeros(2), 1, 0, 1.0, ground, (0.0, 0.0), ground)
         self._boxes = np.array(out["box"], np.float64).reshape(-1, 4)
@@ -182,6 +189,20 @@ class BoxTracker:
         self._heading = np.array(self._heading_l, np.float64).reshape(-1, 2)
         self._front = np.array(self._front_l, np.float64).reshape(-1, 2)
         return ids
+
+    def _parent(self, box: np.ndarray) -> "int | None":
+        """The id of the track (before this update) whose last box holds ``PARENT_SHARE`` of
+        ``box`` or more, the most of them: a new box inside a track's old one is a piece of a
+        blob that parted (two vehicles the mask had joined), and the piece the track did not keep
+        is the other vehicle."""
+        if not self._ids:
+            return None
+        old = self._boxes
+        w = np.minimum(old[:, 0] + old[:, 2], box[0] + box[2]) - np.maximum(old[:, 0], box[0])
+        h = np.minimum(old[:, 1] + old[:, 3], box[1] + box[3]) - np.maximum(old[:, 1], box[1])
+        share = np.clip(w, 0, None) * np.clip(h, 0, None) / max(float(box[2] * box[3]), 1e-9)
+        k = int(np.argmax(share))
+        return self._ids[k] if share[k] >= self.PARENT_SHARE else None
 
     def predictions(self, width: int, height: int) -> np.ndarray:
         """Nx4 boxes where the tracks seen in the last frame (and the one before, so they have a
@@ -420,7 +441,8 @@ class BlobStage(Stage):
             small = self._fragments(boxes, widths, mask.shape)
             frame.data["objects"] = [
                 {"box": [int(v) for v in box], "area": int(area), "track": int(i)} | (
-                    {"fragment": True} if fragment else {})
+                    {"fragment": True} if fragment else {}) | (
+                    {"parent": tracker.parents[i]} if i in tracker.parents else {})
                 for box, area, i, fragment in zip(boxes, areas, ids, small)
             ] + [  # vehicles hidden in another's blob, on their predicted boxes
                 {"box": [int(round(v)) for v in box], "area": 0, "track": int(i), "occluded": True}
