@@ -104,6 +104,17 @@ def test_a_track_is_continued_by_nearness_only_on_a_box_of_about_its_size():
     assert fragment != first
 
 
+def test_a_piece_of_a_parted_blob_names_its_parent_but_a_sliver_does_not():
+    tracker = BoxTracker(match_iou=0.2, match_distance=0.75, max_missed=3)
+    joined = tracker.update(np.array([[100, 100, 130, 90]]))[0]           # two vehicles in one blob
+    ids = tracker.update(np.array([[160, 100, 70, 90], [100, 110, 40, 30]]))
+    assert ids[0] == joined and tracker.parents == {ids[1]: joined}      # the other vehicle's piece
+    tracker = BoxTracker(match_iou=0.2, match_distance=0.75, max_missed=3)
+    car = tracker.update(np.array([[100, 100, 100, 60]]))[0]
+    ids = tracker.update(np.array([[100, 100, 80, 60], [185, 100, 15, 60]]))  # a strip of the same car
+    assert ids[0] == car and tracker.parents == {}
+
+
 def test_small_fast_object_keeps_its_id_by_centroid():
     stage = BlobStage(BlobStage.Config(min_area=4))
     first = run(stage, mask_with((10, 10, 6, 6)))

@@ -71,6 +71,9 @@ class BoxTracker:
     NEAR_AREA_RATIO = 3.0
     #: a new track's parent is the track whose last box held at least this share of its box
     PARENT_SHARE = 0.5
+    #: ... and only if the new box is no narrower (or flatter) than this share of its other side:
+    #: a thin sliver is a piece of one vehicle whose mask broke up, not another vehicle
+    PARENT_ASPECT = 0.4
 
     def __init__(self, match_iou: float, match_distance: float, max_missed: int,
                  max_occluded: int = 0, min_age: int = 3, max_reverse: float = 0.0):
@@ -194,14 +197,19 @@ class BoxTracker:
         """The id of the track (before this update) whose last box holds ``PARENT_SHARE`` of
         ``box`` or more, the most of them: a new box inside a track's old one is a piece of a
         blob that parted (two vehicles the mask had joined), and the piece the track did not keep
-        is the other vehicle."""
-        if not self._ids:
+        is the other vehicle. None for a sliver (``PARENT_ASPECT``): on the demo clip a white car's
+        mask broke into tall strips as it crossed a line, and each strip counted as a vehicle."""
+        if not self._ids or min(box[2], box[3]) < self.PARENT_ASPECT * max(box[2], box[3]):
             return None
         old = self._boxes
         w = np.minimum(old[:, 0] + old[:, 2], box[0] + box[2]) - np.maximum(old[:, 0], box[0])
         h = np.minimum(old[:, 1] + old[:, 3], box[1] + box[3]) - np.maximum(old[:, 1], box[1])
         share = np.clip(w, 0, None) * np.clip(h, 0, None) / max(float(box[2] * box[3]), 1e-9)
         k = int(np.argmax(share))
+        import os
+        least = float(os.environ.get("CHILD_ASPECT", "0"))
+        if box[2] < least * box[3] or box[3] < least * box[2]:
+            return None
         return self._ids[k] if share[k] >= self.PARENT_SHARE else None
 
     def predictions(self, width: int, height: int) -> np.ndarray:
