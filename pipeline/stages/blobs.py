@@ -206,10 +206,6 @@ class BoxTracker:
         h = np.minimum(old[:, 1] + old[:, 3], box[1] + box[3]) - np.maximum(old[:, 1], box[1])
         share = np.clip(w, 0, None) * np.clip(h, 0, None) / max(float(box[2] * box[3]), 1e-9)
         k = int(np.argmax(share))
-        import os
-        least = float(os.environ.get("CHILD_ASPECT", "0"))
-        if box[2] < least * box[3] or box[3] < least * box[2]:
-            return None
         return self._ids[k] if share[k] >= self.PARENT_SHARE else None
 
     def predictions(self, width: int, height: int) -> np.ndarray:
