@@ -116,12 +116,8 @@ class LineCounter:
                     continue
                 else:
                     del self.pending[track]
-                    if track not in self.counted and -self.hysteresis <= u <= self.length + self.hysteresis:
-                        direction = IN if side > 0 else OUT
-                        self.counted.add(track)
-                        self.onto[track] = (side, float(h))
-                        self.totals[direction] += 1
-                        crossings.append((track, direction))
+                    if track not in self.counted:
+                        self._count(track, side, u, h, crossings)
                     continue
             if recount and track in self.counted:
                 onto, height = self.onto[track]
@@ -133,13 +129,17 @@ class LineCounter:
                 continue
             if track in self.rearmed and not abs(h - last_height) <= self.STEADY * last_height:
                 continue  # jumped over the line (a joined blob parted): no vehicle drove over it
-            if -self.hysteresis <= u <= self.length + self.hysteresis:
-                direction = IN if side > 0 else OUT
-                self.counted.add(track)
-                self.onto[track] = (side, float(h))
-                self.totals[direction] += 1
-                crossings.append((track, direction))
+            self._count(track, side, u, h, crossings)
         return crossings
+
+    def _count(self, track: int, side: int, along: float, height: float, crossings: list) -> None:
+        """Count ``track``'s arrival on ``side`` when its anchor is within the segment's extent."""
+        if -self.hysteresis <= along <= self.length + self.hysteresis:
+            direction = IN if side > 0 else OUT
+            self.counted.add(track)
+            self.onto[track] = (side, float(height))
+            self.totals[direction] += 1
+            crossings.append((track, direction))
 
     def forget(self, tracks) -> None:
         for t in tracks:
