@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--markdown", default=None, metavar="FILE", help="append a table to this file")
 
     t = sub.add_parser("train", help="train a model (needs the [train] extra)")
-    t.add_argument("model", choices=("msfgnet", "rigan"))
+    t.add_argument("model", choices=("msfgnet", "msfgnet-refine", "rigan"))
     t.add_argument("--config", default=None, metavar="FILE")
     t.add_argument("--out", default=None, metavar="DIR")
     t.add_argument("--resume", action="store_true")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
 
     e = sub.add_parser("export", help="export trained weights to ONNX (needs the [train] extra)")
-    e.add_argument("model", choices=("msfgnet", "rigan"))
+    e.add_argument("model", choices=("msfgnet", "msfgnet-refine", "rigan"))
     e.add_argument("--weights", default=None, metavar="FILE")
     e.add_argument("--out", required=True, metavar="FILE.onnx")
 

@@ -236,7 +236,7 @@ def test_onnxruntime_and_torch_backends_match_the_pytorch_model():
             with torch.no_grad():
                 ref = model(torch.from_numpy(window)).numpy()
             ort_prob = ort_stage.runner.infer({"frames": window})["fg_prob"]
-            ort_stage._write(a, ort_prob[0, 0])
+            ort_stage._write(a, ort_prob[0, 0], window[0])
             torch_stage.process([b])                      # the torch stage builds its own window
             errors["onnxruntime"].append(np.abs(ort_prob - ref))
             errors["torch"].append(np.abs(torch_stage.runner.infer({"frames": window})["fg_prob"] - ref))
@@ -290,19 +290,66 @@ def test_refinement_on_the_rectangle_equals_the_whole_frame_filter():
     assert np.array_equal(refine_guided(np.zeros_like(prob), image), np.zeros_like(prob))  # nothing to refine
 
 
+REFINE_ONNX = WEIGHTS_DIR / "msfgnet_refine.onnx"
+needs_refine = pytest.mark.skipif(not REFINE_ONNX.is_file(), reason="weights/msfgnet_refine.onnx not shipped in this checkout")
+
+
 @needs_weights
-def test_guided_refinement_puts_the_mask_on_the_vehicles_edges():
-    """The network works at half size; on crisp synthetic vehicles the refined mask is closer to the
-    truth than the bilinear upsampling alone (validation families: +0.01 F; docs/models.md)."""
+@needs_refine
+def test_refinement_puts_the_mask_on_the_vehicles_edges():
+    """The network works at half size; on crisp synthetic vehicles the guided mask is closer to the
+    truth than the bilinear upsampling alone (validation families: +0.01 F), and the learned edge
+    closer still (validation families: +0.03 to +0.06 F; docs/models.md)."""
     clip = scene(seed=11, frames=90, nuisances="mild")
     scores = {}
-    for refine in ("off", "guided"):
+    for refine in ("off", "guided", "learned"):
         with MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1, refine=refine)) as stage:
             conf = Confusion()
             for f in feed(stage, clip, stream=refine)[40:]:
                 conf.add(f.data["mask"], f.truth)
         scores[refine] = conf.metrics()["F-measure"]
     assert scores["guided"] > scores["off"] + 0.005, scores
+    assert scores["learned"] > scores["guided"] + 0.01, scores
+
+
+def test_refine_inputs_are_the_documented_channels_of_the_rectangle():
+    import cv2
+
+    from pipeline.refine import FEATURES, change_maps, refine_inputs
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (48, 64, 3), np.uint8)
+    prob = rng.random((48, 64), np.float32)
+    guided = prob * 1.4 - 0.2                     # the guided filter may leave [0, 1]
+    window = rng.random((8, 24, 32), np.float32)  # working size: half
+    near, far = change_maps(window)
+    assert np.allclose(near, np.abs(window[-1] - window[-2])) and np.allclose(far, np.abs(window[-1] - window[0]))
+    x = refine_inputs(prob, guided, image, (near, far), (10, 5, 42, 37))
+    assert x.shape == (1, len(FEATURES), 32, 32) and x.dtype == np.float32
+    crop = np.s_[5:37, 10:42]
+    assert np.array_equal(x[0, 0], prob[crop])
+    assert np.array_equal(x[0, 1], np.clip(guided, 0, 1)[crop])
+    assert np.allclose(x[0, 2:5], image[crop].transpose(2, 0, 1) / 255.0)
+    assert np.allclose(x[0, 5], cv2.resize(near, (64, 48), interpolation=cv2.INTER_LINEAR)[crop])
+    assert np.allclose(x[0, 6], cv2.resize(far, (64, 48), interpolation=cv2.INTER_LINEAR)[crop])
+
+
+@needs_weights
+@needs_refine
+def test_learned_refinement_with_a_mismatched_file_is_a_one_line_weights_error(tmp_path):
+    """A refine head whose bytes are not the manifest's is refused before it runs, naming the file;
+    a graph that is not a refine head (MSFgNet's own, listed) is refused for its inputs."""
+    bad = tmp_path / "msfgnet_refine.onnx"
+    data = bytearray(REFINE_ONNX.read_bytes())
+    data[-5] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[100:140, 100:160] = 200
+    for path, match in ((bad, "does not match the manifest"), (ONNX, "features")):
+        with pytest.raises(WeightsError, match=match) as err:
+            with MsfgnetStage(MsfgnetStage.Config(threads=1, refine_weights=str(path))) as stage:
+                stage.process([Frame("a", 1, None, image)])
+        assert str(path.name) in str(err.value) and "\n" not in str(err.value)
 
 
 @needs_weights

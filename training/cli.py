@@ -1,9 +1,10 @@
-"""``hazeflow train msfgnet|rigan``: dispatch to the model's training loop."""
+"""``hazeflow train msfgnet|msfgnet-refine|rigan``: dispatch to the model's training loop."""
 from __future__ import annotations
 
 import importlib
 
-LOOPS = {"msfgnet": "training.train_msfgnet", "rigan": "training.train_rigan"}
+LOOPS = {"msfgnet": "training.train_msfgnet", "msfgnet-refine": "training.train_refine",
+         "rigan": "training.train_rigan"}
 
 
 def main(args) -> int:

@@ -1,9 +1,10 @@
-"""``hazeflow export msfgnet|rigan --weights FILE --out FILE.onnx``."""
+"""``hazeflow export msfgnet|msfgnet-refine|rigan --weights FILE --out FILE.onnx``."""
 from __future__ import annotations
 
 import importlib
 
-EXPORTERS = {"msfgnet": "training.train_msfgnet", "rigan": "training.train_rigan"}
+EXPORTERS = {"msfgnet": "training.train_msfgnet", "msfgnet-refine": "training.train_refine",
+             "rigan": "training.train_rigan"}
 
 
 def main(args) -> int:

@@ -20,6 +20,15 @@ has no pixel its edge is replicated) before the network sees them, and
 ``stabilize: off`` feeds the frames as seen. The device path below does not
 compensate yet.
 
+Edges (``refine``): the probability is upsampled to the input's size, then ``guided``
+filters it with the frame's grey (the mask's outline follows the picture's), and
+``learned`` (the default) corrects that at full size with a small trained head
+(training.models.refine; inputs pipeline.refine.FEATURES: both probabilities, the colour
+frame and the window's change maps), run with ONNX Runtime on the rectangle around the
+probable foreground; its graph (``refine_weights``) is checked against the manifest like the
+network's. ``off`` thresholds the bilinear upsampling. The device path refines with
+``guided`` (``learned`` is host-only and says so).
+
 On the CPU ``auto`` runs ONNX Runtime or OpenVINO, whichever is faster here (no torch in the runtime), fp32
 or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
 (``engines.torch.runner.TorchRunner``) loads the state_dict into
@@ -47,16 +56,18 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError, WeightsError
+from pipeline.errors import ConfigError, PipelineError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
 from pipeline.guided import guided_filter
+from pipeline.refine import FEATURES, change_maps, refine_inputs
 from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import LearnedStage
 
 STRIDE = 4                      # H and W of the network input must be multiples of this
 INPUT_NAME, OUTPUT_NAME = "frames", "fg_prob"
 TORCH_FACTORY = "training.models.msfgnet:build"
+REFINE_INPUT, REFINE_OUTPUT = "features", "fg_logit"   # the learned edge (training.models.refine)
 
 
 def working_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -91,20 +102,28 @@ REFINE_FLOOR = 0.05
 
 
 def refine_mode(value) -> str:
-    """``guided`` or ``off`` as written; YAML 1.1 reads a bare ``off`` as false (and ``on`` as true)."""
+    """``learned``, ``guided`` or ``off`` as written; YAML 1.1 reads a bare ``off`` as false (and ``on`` as
+    true, taken as ``guided``)."""
     return "off" if value is False else "guided" if value is True else value
 
 
-def refine_guided(full: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """``full`` (HxW float32 probability at the frame's size) guided-filtered with the grey of
-    ``image``, on the rectangle around every pixel above REFINE_FLOOR (grown by three radii, so the
-    filter inside is what the whole frame would give); elsewhere it is left as it was."""
+def refine_rect(full: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1): the rectangle around every pixel of ``full`` above REFINE_FLOOR, grown by three
+    guided-filter radii (so the filter inside is what the whole frame would give); None when empty."""
     x, y, w, h = cv2.boundingRect(cv2.compare(full, REFINE_FLOOR, cv2.CMP_GT))
     if not w:
-        return full
+        return None
     m = 3 * REFINE_RADIUS + 2
-    x0, y0 = max(x - m, 0), max(y - m, 0)
-    x1, y1 = min(x + w + m, full.shape[1]), min(y + h + m, full.shape[0])
+    return max(x - m, 0), max(y - m, 0), min(x + w + m, full.shape[1]), min(y + h + m, full.shape[0])
+
+
+def refine_guided(full: np.ndarray, image: np.ndarray, rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """``full`` (HxW float32 probability at the frame's size) guided-filtered with the grey of
+    ``image`` on ``rect`` (default: refine_rect); elsewhere it is left as it was."""
+    rect = rect or refine_rect(full)
+    if rect is None:
+        return full
+    x0, y0, x1, y1 = rect
     grey = image[y0:y1, x0:x1]
     if grey.ndim == 3:
         grey = cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY)
@@ -142,7 +161,8 @@ class MsfgnetStage(LearnedStage):
         scale: float = 0.5                         # working size / input size
         stride: int = 10                           # frames between two frames of the window
         stabilize: str | bool = "auto"             # auto | off: camera-motion compensation (pipeline.stabilize)
-        refine: str | bool = "guided"              # guided | off: edges of the upsampled probability from the frame
+        refine: str | bool = "learned"             # learned | guided | off: edges of the upsampled probability
+        refine_weights: str = "weights/msfgnet_refine.onnx"  # the learned edge's ONNX graph (refine: learned)
 
     def __init__(self, config: "MsfgnetStage.Config | None" = None):
         self.config = config or self.Config()
@@ -156,7 +176,9 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer = None   # DeviceFrameBuffer (device path)
         self._uploader = None
         self._registrations = Registrations() if stabilize_mode(self.config.stabilize) == "auto" else None
-        self._refine = refine_mode(self.config.refine) == "guided"
+        self._refine = refine_mode(self.config.refine)   # learned falls back to guided on the device path
+        self._refiner = None         # ONNX Runtime session of the learned edge
+        self._features: np.ndarray | None = None
 
     def _check(self) -> None:
         c = self.config
@@ -170,8 +192,8 @@ class MsfgnetStage(LearnedStage):
         if c.threads < 0:
             raise ConfigError("stages.msfgnet.threads", f"must be >= 0, got {c.threads}")
         check_mode("stages.msfgnet", c.stabilize)
-        if refine_mode(c.refine) not in ("guided", "off"):
-            raise ConfigError("stages.msfgnet.refine", f"must be guided or off, got {c.refine!r}")
+        if refine_mode(c.refine) not in ("learned", "guided", "off"):
+            raise ConfigError("stages.msfgnet.refine", f"must be learned, guided or off, got {c.refine!r}")
 
     # --- lifecycle -------------------------------------------------------------
     def network_size(self, w: int, h: int) -> tuple[int, int]:
@@ -194,6 +216,40 @@ class MsfgnetStage(LearnedStage):
             if self._registrations is not None:
                 logging.getLogger("hazeflow.stages").warning(
                     "stages.msfgnet: stabilize: auto does not compensate camera motion on the device path yet")
+            if self._refine == "learned":
+                logging.getLogger("hazeflow.stages").warning(
+                    "stages.msfgnet: refine: learned runs on the host only; the device path refines with guided")
+                self._refine = "guided"
+        elif self._refine == "learned":
+            self._refiner = self._refine_runner()
+
+    def _refine_runner(self):
+        """ONNX Runtime session of the learned edge, checked against the shipped weights' manifest."""
+        from engines.base import RunnerError
+        from engines.load import runner_for
+        from engines.weights import MANIFEST
+        from pipeline.stages.base import resolve_path
+
+        path = resolve_path(self.config.refine_weights)
+        try:
+            runner = runner_for(path, backend="onnxruntime", threads=self.config.threads or None,
+                                manifest=resolve_path(self.config.manifest) if self.config.manifest else MANIFEST,
+                                name="msfgnet refine")
+            runner.activate()
+        except PipelineError:
+            raise
+        except Exception as e:
+            cause = getattr(e, "cause", None) or " ".join(str(e).split())
+            if not hasattr(e, "cause") and isinstance(e, RunnerError):
+                cause = f"cannot load it ({cause[:240]})"
+            raise WeightsError(str(path), " ".join(str(cause).split())[:400]) from None
+        names = [spec.name for spec in runner.input_specs()]
+        if names != [REFINE_INPUT] or len(runner.input_specs()[0].shape) != 4 \
+                or runner.input_specs()[0].shape[1] != len(FEATURES):
+            runner.deactivate()
+            raise WeightsError(str(path), f"expects inputs {names}, not one (N, {len(FEATURES)}, H, W) "
+                                          f"'{REFINE_INPUT}' tensor (pipeline.refine.FEATURES)")
+        return runner
 
     def _frames_input(self, path, runner):
         """Checks that the graph takes one (N, T, H, W) stream of frames; T is the window length."""
@@ -210,6 +266,9 @@ class MsfgnetStage(LearnedStage):
         if self.runner is not None:
             self.runner.deactivate()
             self.runner = None
+        if self._refiner is not None:
+            self._refiner.deactivate()
+            self._refiner = None
         self.buffer = None
         self._device_buffer = None
         self._uploader = None
@@ -275,7 +334,7 @@ class MsfgnetStage(LearnedStage):
             batch = np.stack([windows[i] for i in members])
             prob = self.runner.infer({self._input_name: batch})[OUTPUT_NAME]
             for k, i in enumerate(members):
-                self._write(frames[i], prob[k, 0])
+                self._write(frames[i], prob[k, 0], batch[k])
         return frames
 
     def _process_one(self, frame: Frame) -> None:
@@ -286,14 +345,23 @@ class MsfgnetStage(LearnedStage):
             batch = self._inputs[(h, w)] = np.empty((1, self.frames_in_window, h, w), np.float32)
         self.window(frame, out=batch[0])
         prob = self.runner.infer({self._input_name: batch})[OUTPUT_NAME]
-        self._write(frame, prob[0, 0])
+        self._write(frame, prob[0, 0], batch[0])
 
-    def _write(self, frame: Frame, prob: np.ndarray) -> None:
+    def _write(self, frame: Frame, prob: np.ndarray, window: np.ndarray) -> None:
+        """fg_prob and mask at the frame's size from the network's ``prob``; ``window`` is its input."""
         image = frame.data.get("dehazed", frame.image)
         h, w = image.shape[:2]
         full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob.copy()
-        if self._refine:
-            full = refine_guided(full, image)
+        rect = refine_rect(full) if self._refine != "off" else None
+        if rect is not None:
+            guided = refine_guided(full, image, rect)
+            if self._refine == "learned":
+                self._features = refine_inputs(full, guided, image, change_maps(window), rect, self._features)
+                logit = self._refiner.infer({REFINE_INPUT: self._features})[REFINE_OUTPUT][0, 0]
+                x0, y0, x1, y1 = rect
+                # sigmoid, in place: 1 / (1 + exp(-logit))
+                guided[y0:y1, x0:x1] = 1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))
+            full = guided
         frame.data["fg_prob"] = full
         frame.data["mask"] = cv2.threshold(full, self.config.threshold, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
 
@@ -352,7 +420,7 @@ class MsfgnetStage(LearnedStage):
         from pipeline import guided_torch as gt
 
         full = gt.resize_linear(prob, size)
-        if self._refine:
+        if self._refine != "off":
             guide = gt.grey_u8(image).to(torch.float32).mul_(1.0 / 255.0)[None, None]
             a, b = gt.guided_coefficients(guide, full, REFINE_RADIUS, REFINE_EPS)
             full = a.mul_(guide).add_(b)
