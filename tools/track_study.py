@@ -148,7 +148,11 @@ def cached_detect(gen: SceneGenerator, args, stream: str):
     msfgnet = json.loads(args.msfgnet) if args.detector == "msfgnet" else {}
     if args.cache is None:
         return detect(gen, args.frames, args.detector, stream, msfgnet)
-    settings = "".join(f"-{k}{v}" for k, v in sorted(msfgnet.items()))  # none: the stage defaults
+    if args.detector == "msfgnet":  # the edge is always in the key: its default changed (guided -> learned)
+        from pipeline.stages.msfgnet import MsfgnetStage, refine_mode
+
+        msfgnet = {"refine": refine_mode(MsfgnetStage.Config().refine), **msfgnet}
+    settings = "".join(f"-{k}{v}" for k, v in sorted(msfgnet.items()))
     key = (f"{args.detector}{settings}_seed{gen.seed}_{args.width}x{args.height}_f{args.frames}"
            f"_haze{args.haze}_{args.nuisances}.npz")
     path = Path(args.cache) / key
