@@ -31,39 +31,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.cdnet import Confusion, open_sequence, read_image  # noqa: E402
+from pipeline.cdnet import Confusion  # noqa: E402
 from pipeline.commands.eval_foreground import build_stage  # noqa: E402
 from pipeline.frame import Frame  # noqa: E402
 from training.data.families import (FAMILIES, HIGHWAY_FRAMES, JITTER_SEED, SEEDS, SYNTHETIC,  # noqa: E402
-                                    synthetic_frames)
+                                    highway_frames, synthetic_frames)
 
 HIGHWAY = ROOT.parent / "shared" / "data" / "foreground" / "cdnet2014-highway"
 WARMUP = 300   # highway frames fed before the first scored one (MOG2/KNN learn their background)
 
 
 def highway_sequence(split: str, jitter: bool):
-    """(image, labels, scored) of highway frames 1..last of the split, optionally shaken."""
-    seq = open_sequence(HIGHWAY)
+    """(image, labels, scored, roi) of highway frames from WARMUP before the split's first to its last,
+    optionally shaken (the split's own trajectory)."""
     first, last = HIGHWAY_FRAMES[split]
-    path = None
-    if jitter:
-        from training.data.jitter import jitter_image, jitter_pair, shake_trajectory
-
-        path = shake_trajectory(last, seed=JITTER_SEED[split])
-    for n, p in seq.frames:
-        if n > last:
-            break
-        if n < first - WARMUP:
-            continue
-        scored = first <= n <= last
-        image = read_image(p)
-        labels = seq.groundtruth(n) if scored else None
-        if path is None:
-            yield image, labels, scored, seq.roi
-        elif scored:  # the moved labels carry the moved ROI (85 outside it)
-            yield (*jitter_pair(image, labels, path[n - 1], seq.roi), True, None)
-        else:
-            yield jitter_image(image, path[n - 1]), None, False, None
+    return highway_frames(HIGHWAY, first, last, 1, JITTER_SEED[split] if jitter else None, warmup=WARMUP)
 
 
 def family_sequences(family: str, split: str):

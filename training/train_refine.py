@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from training.common import load_checkpoint, load_yaml, save_checkpoint
+from training.data.families import highway_frames
 from training.models.refine import INPUT_NAME, OUTPUT_NAME, MsfgnetRefine, RefineSpec
 
 log = logging.getLogger("hazeflow.train")
@@ -96,33 +97,6 @@ def collect(sequences, stride_frames: int = 1) -> Frames:
                 out.add(x, labels)
             stage.reset_stream(name)
     return out
-
-
-def highway_frames(folder: Path, first: int, last: int, every: int, shake_seed: int | None, warmup: int = 100):
-    """(image, labels, scored, roi) of CDnet highway frames first-warmup..last; every ``every``-th from
-    ``first`` is scored; with ``shake_seed`` frames and labels are shaken together (training.data.jitter)."""
-    from pipeline.cdnet import open_sequence, read_image
-
-    seq = open_sequence(folder)
-    path = None
-    if shake_seed is not None:
-        from training.data.jitter import jitter_image, jitter_pair, shake_trajectory
-
-        path = shake_trajectory(last, seed=shake_seed)
-    for n, p in seq.frames:
-        if n > last:
-            break
-        if n < first - warmup:
-            continue
-        scored = n >= first and (n - first) % every == 0
-        image = read_image(p)
-        labels = seq.groundtruth(n) if scored else None
-        if path is None:
-            yield image, labels, scored, seq.roi
-        elif scored:
-            yield (*jitter_pair(image, labels, path[n - 1], seq.roi), True, None)
-        else:
-            yield jitter_image(image, path[n - 1]), None, False, None
 
 
 def training_sets(data: dict) -> dict[str, Frames]:

@@ -6,6 +6,8 @@ can never score different scenes under the same name. numpy/OpenCV only.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -45,3 +47,29 @@ def synthetic_grey(family: str, seed: int, frames: int = FRAMES) -> tuple[np.nda
         truth.append(t)
     return np.stack(grey), np.stack(truth)
 
+
+def highway_frames(folder: Path, first: int, last: int, every: int, shake_seed: int | None, warmup: int = 100):
+    """(image, labels, scored, roi) of CDnet highway frames first-warmup..last; every ``every``-th from
+    ``first`` is scored; with ``shake_seed`` frames and labels are shaken together (training.data.jitter)."""
+    from pipeline.cdnet import open_sequence, read_image
+
+    seq = open_sequence(folder)
+    path = None
+    if shake_seed is not None:
+        from training.data.jitter import jitter_image, jitter_pair, shake_trajectory
+
+        path = shake_trajectory(last, seed=shake_seed)
+    for n, p in seq.frames:
+        if n > last:
+            break
+        if n < first - warmup:
+            continue
+        scored = n >= first and (n - first) % every == 0
+        image = read_image(p)
+        labels = seq.groundtruth(n) if scored else None
+        if path is None:
+            yield image, labels, scored, seq.roi
+        elif scored:
+            yield (*jitter_pair(image, labels, path[n - 1], seq.roi), True, None)
+        else:
+            yield jitter_image(image, path[n - 1]), None, False, None
