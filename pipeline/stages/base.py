@@ -162,11 +162,7 @@ class LearnedStage(Stage):
         except Exception as e:
             if isinstance(e, RunnerError) and "bf16 refused" in str(e):
                 raise ConfigError(f"{self.section}.precision", str(getattr(e, "cause", e))) from None
-            where = getattr(e, "input", None) or (pt if self.backend == "torch" else onnx)
-            cause = getattr(e, "cause", None) or " ".join(str(e).split())
-            if not hasattr(e, "cause") and isinstance(e, RunnerError):
-                cause = f"cannot load it ({cause[:240]})"
-            raise WeightsError(str(where), " ".join(str(cause).split())[:400]) from None
+            raise load_error(e, getattr(e, "input", None) or (pt if self.backend == "torch" else onnx)) from None
         self.engine_info = dict(getattr(runner, "load_info", {}) or {})
         return runner
 
@@ -184,6 +180,16 @@ class LearnedStage(Stage):
             if why:
                 raise ConfigError(f"{self.section}.backend", f"OpenVINO does not import ({why}); "
                                                              "`pip install openvino`, or use backend: onnxruntime")
+
+
+def load_error(e: Exception, where) -> WeightsError:
+    """The one-line WeightsError for a runner that could not be made or activated from ``where``."""
+    from engines.base import RunnerError
+
+    cause = getattr(e, "cause", None) or " ".join(str(e).split())
+    if not hasattr(e, "cause") and isinstance(e, RunnerError):
+        cause = f"cannot load it ({cause[:240]})"
+    return WeightsError(str(where), " ".join(str(cause).split())[:400])
 
 
 TENSORRT_MISSING = ("TensorRT is not installed (`import tensorrt` fails); install it with `pip install .[trt]` "

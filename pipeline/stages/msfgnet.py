@@ -224,11 +224,11 @@ class MsfgnetStage(LearnedStage):
             self._refiner = self._refine_runner()
 
     def _refine_runner(self):
-        """ONNX Runtime session of the learned edge, checked against the shipped weights' manifest."""
-        from engines.base import RunnerError
+        """ONNX Runtime session of the learned edge, checked against the manifest (the stage's ``manifest``,
+        else the shipped weights')."""
         from engines.load import runner_for
         from engines.weights import MANIFEST
-        from pipeline.stages.base import resolve_path
+        from pipeline.stages.base import load_error, resolve_path
 
         path = resolve_path(self.config.refine_weights)
         try:
@@ -239,10 +239,7 @@ class MsfgnetStage(LearnedStage):
         except PipelineError:
             raise
         except Exception as e:
-            cause = getattr(e, "cause", None) or " ".join(str(e).split())
-            if not hasattr(e, "cause") and isinstance(e, RunnerError):
-                cause = f"cannot load it ({cause[:240]})"
-            raise WeightsError(str(path), " ".join(str(cause).split())[:400]) from None
+            raise load_error(e, path) from None
         names = [spec.name for spec in runner.input_specs()]
         if names != [REFINE_INPUT] or len(runner.input_specs()[0].shape) != 4 \
                 or runner.input_specs()[0].shape[1] != len(FEATURES):
@@ -359,7 +356,7 @@ class MsfgnetStage(LearnedStage):
                 self._features = refine_inputs(full, guided, image, change_maps(window), rect, self._features)
                 logit = self._refiner.infer({REFINE_INPUT: self._features})[REFINE_OUTPUT][0, 0]
                 x0, y0, x1, y1 = rect
-                # sigmoid, in place: 1 / (1 + exp(-logit))
+                # the head's logit -> probability (sigmoid; clipped so exp cannot overflow)
                 guided[y0:y1, x0:x1] = 1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))
             full = guided
         frame.data["fg_prob"] = full
