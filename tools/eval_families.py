@@ -34,18 +34,17 @@ sys.path.insert(0, str(ROOT))
 from pipeline.cdnet import Confusion  # noqa: E402
 from pipeline.commands.eval_foreground import build_stage  # noqa: E402
 from pipeline.frame import Frame  # noqa: E402
-from training.data.families import (FAMILIES, HIGHWAY_FRAMES, JITTER_SEED, SEEDS, SYNTHETIC,  # noqa: E402
-                                    highway_frames, synthetic_frames)
+from training.data.families import (FAMILIES, HIGHWAY_FRAMES, HIGHWAY_WARMUP, JITTER_SEED, SEEDS,  # noqa: E402
+                                    SYNTHETIC, highway_frames, synthetic_frames)
 
 HIGHWAY = ROOT.parent / "shared" / "data" / "foreground" / "cdnet2014-highway"
-WARMUP = 300   # highway frames fed before the first scored one (MOG2/KNN learn their background)
 
 
 def highway_sequence(split: str, jitter: bool):
-    """(image, labels, scored, roi) of highway frames from WARMUP before the split's first to its last,
+    """(image, labels, scored, roi) of highway frames from HIGHWAY_WARMUP before the split's first to its last,
     optionally shaken (the split's own trajectory)."""
     first, last = HIGHWAY_FRAMES[split]
-    return highway_frames(HIGHWAY, first, last, 1, JITTER_SEED[split] if jitter else None, warmup=WARMUP)
+    return highway_frames(HIGHWAY, first, last, 1, JITTER_SEED[split] if jitter else None, warmup=HIGHWAY_WARMUP)
 
 
 def family_sequences(family: str, split: str):

@@ -22,7 +22,6 @@ The test split is never read here (tools/eval_families.py reports it).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from training.common import load_checkpoint, load_yaml, save_checkpoint
-from training.data.families import highway_frames
+from pipeline.stages.base import resolve_path
+from training.data.families import HIGHWAY_WARMUP, highway_frames
 from training.models.refine import INPUT_NAME, OUTPUT_NAME, MsfgnetRefine, RefineSpec
 
-log = logging.getLogger("hazeflow.train")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "train_msfgnet_refine.yaml"
 DEFAULT_OUT = "runs/msfgnet_refine"
@@ -107,16 +106,10 @@ def training_sets(data: dict) -> dict[str, Frames]:
         seqs = [((im, lab, sc, None) for im, lab, sc in synthetic_frames(family, s)) for s in data["seeds"]]
         sets[family] = collect(seqs, data["every"])
     first, last = data["highway_frames"]
-    folder = data_path(data["highway"])
+    folder = resolve_path(data["highway"])
     sets["highway"] = collect([highway_frames(folder, first, last, data["every"], None)])
     sets["highway-jitter"] = collect([highway_frames(folder, first, last, data["every"], data["shake_seed"])])
     return sets
-
-
-def data_path(path: str) -> Path:
-    """Relative to the working directory, else to the project root."""
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else ROOT / p
 
 
 def validation_sets(highway: Path) -> dict[str, Frames]:
@@ -130,7 +123,7 @@ def validation_sets(highway: Path) -> dict[str, Frames]:
         else:
             first, last = HIGHWAY_FRAMES["validation"]
             seqs = [highway_frames(highway, first, last, 1, JITTER_SEED["validation"] if family == "highway-jitter" else None,
-                                   warmup=300)]
+                                   warmup=HIGHWAY_WARMUP)]
         sets[family] = collect(seqs)
     return sets
 
@@ -197,7 +190,7 @@ def main(args) -> int:
     print("collecting training inputs with the msfgnet stage (refine: off) ...", flush=True)
     sets = training_sets(config["data"])
     print(f"  {sum(len(s) for s in sets.values())} frames in {time.time() - t0:.0f} s; validation ...", flush=True)
-    val = validation_sets(data_path(config["data"]["highway"]))
+    val = validation_sets(resolve_path(config["data"]["highway"]))
     guided = f_measures(val, lambda s, i: s.guided[i] > 0.5)
     print(f"  guided refinement on validation: {guided}", flush=True)
     spec = RefineSpec(**config.get("model", {}))

@@ -16,6 +16,7 @@ from pipeline.sources.synthetic import NUISANCE_PRESETS, Nuisances, SceneGenerat
 SEEDS = {"validation": (201, 202), "test": (301, 302)}
 HIGHWAY_FRAMES = {"validation": (1200, 1449), "test": (1450, 1700)}
 JITTER_SEED = {"validation": 211, "test": 311}   # shake trajectory of highway-jitter
+HIGHWAY_WARMUP = 300  # highway frames fed before a split's first scored one (background models learn)
 SIZE, FRAMES, FIRST_SCORED = (320, 240), 200, 72  # 72 = (T - 1) * stride + 2: the stage's window is full
 
 # family -> SceneGenerator keywords besides size, seed and frames
