@@ -51,3 +51,19 @@ def refine_inputs(prob: np.ndarray, guided: np.ndarray, image: np.ndarray, chang
         full = change if change.shape == (H, W) else cv2.resize(change, (W, H), interpolation=cv2.INTER_LINEAR)
         x[5 + k] = full[y0:y1, x0:x1]
     return out
+
+
+def refine_inputs_torch(prob, guided, image, window):
+    """refine_inputs for the whole frame, in torch on the tensors' device (the stage's device path).
+
+    ``prob``, ``guided``: (1, 1, H, W) float32; ``image``: HxWx3 uint8 BGR (or HxW grey) on the same
+    device; ``window``: the network input (T, h, w) float32 in [0, 1]. Returns (1, len(FEATURES), H, W)."""
+    import torch
+
+    from pipeline.guided_torch import resize_linear
+
+    H, W = prob.shape[-2:]
+    colour = image.permute(2, 0, 1) if image.dim() == 3 else image[None].expand(3, H, W)
+    changes = torch.stack([(window[-1] - window[-2]).abs(), (window[-1] - window[0]).abs()])[None]
+    return torch.cat([prob, guided.clamp(0.0, 1.0), colour[None].to(torch.float32).mul_(1.0 / 255.0),
+                      resize_linear(changes, (H, W))], dim=1)

@@ -366,3 +366,47 @@ def test_the_onnxruntime_stage_never_imports_torch_or_training():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.strip() == "[]"
+
+
+@needs_weights
+@needs_refine
+def test_the_device_paths_learned_edge_gives_the_hosts_masks():
+    """The device path's refinement (torch, whole frame; here on CPU tensors, no GPU needed) against
+    the host's (ONNX Runtime on the rectangle) on the same network output: the same masks."""
+    torch = pytest.importorskip("torch")
+
+    clip = scene(seed=11, frames=60, nuisances="mild")
+    host = MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1))
+    device = MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1))
+    device._refiner = device._refine_device_runner()   # TorchRunner on the config's device (cpu)
+    differ, mean_gap = [], []
+    with host:
+        host.setup()
+        for i, (image, _) in enumerate(clip, start=1):
+            a, b = Frame("s", i, None, image), Frame("s", i, None, image)
+            window = host.window(a)[None]
+            prob = host.runner.infer({"frames": window})["fg_prob"]
+            host._write(a, prob[0, 0], window[0])
+            if i < 40:
+                continue
+            device._write_device(b, torch.from_numpy(prob[:, :1].copy()), image.shape[:2], torch.from_numpy(image),
+                                 torch.from_numpy(window[0].copy()))
+            assert (a.data["mask"] > 0).any()
+            differ.append(((a.data["mask"] > 0) != (b.data["mask"].numpy() > 0)).mean())
+            mean_gap.append(np.abs(a.data["fg_prob"] - b.data["fg_prob"].numpy()).mean())
+    device._refiner.deactivate()
+    assert max(differ) < 1e-3 and max(mean_gap) < 5e-3, (max(differ), max(mean_gap))
+
+
+@needs_weights
+@needs_refine
+def test_the_device_paths_learned_edge_refuses_a_mismatched_state_dict(tmp_path):
+    pytest.importorskip("torch")
+    bad = tmp_path / "msfgnet_refine.pt"
+    data = bytearray((WEIGHTS_DIR / "msfgnet_refine.pt").read_bytes())
+    data[-20] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    stage = MsfgnetStage(MsfgnetStage.Config(refine_weights=str(tmp_path / "msfgnet_refine.onnx")))
+    with pytest.raises(WeightsError, match="does not match the manifest") as err:
+        stage._refine_device_runner()
+    assert "msfgnet_refine.pt" in str(err.value) and "\n" not in str(err.value)

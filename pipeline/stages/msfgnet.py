@@ -26,8 +26,8 @@ filters it with the frame's grey (the mask's outline follows the picture's), and
 (training.models.refine; inputs pipeline.refine.FEATURES: both probabilities, the colour
 frame and the window's change maps), run with ONNX Runtime on the rectangle around the
 probable foreground; its graph (``refine_weights``) is checked against the manifest like the
-network's. ``off`` thresholds the bilinear upsampling. The device path refines with
-``guided`` (``learned`` is host-only and says so).
+network's. ``off`` thresholds the bilinear upsampling. The device path runs the same head in
+PyTorch (its ``.pt`` beside the graph) on the whole frame.
 
 On the CPU ``auto`` runs ONNX Runtime or OpenVINO, whichever is faster here (no torch in the runtime), fp32
 or int8 (the QDQ graph ``<weights stem>.int8.onnx``); the PyTorch backend
@@ -60,7 +60,7 @@ from pipeline.errors import ConfigError, PipelineError, WeightsError
 from pipeline.frame import Frame
 from pipeline.framebuffer import FrameBuffer
 from pipeline.guided import guided_filter
-from pipeline.refine import FEATURES, change_maps, refine_inputs
+from pipeline.refine import FEATURES, change_maps, refine_inputs, refine_inputs_torch
 from pipeline.stabilize import DEAD_BAND, EST_WIDTH, Registrations, check_mode, stabilize_mode
 from pipeline.stages.base import LearnedStage
 
@@ -68,6 +68,7 @@ STRIDE = 4                      # H and W of the network input must be multiples
 INPUT_NAME, OUTPUT_NAME = "frames", "fg_prob"
 TORCH_FACTORY = "training.models.msfgnet:build"
 REFINE_INPUT, REFINE_OUTPUT = "features", "fg_logit"   # the learned edge (training.models.refine)
+REFINE_FACTORY = "training.models.refine:build"
 
 
 def working_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -176,7 +177,7 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer = None   # DeviceFrameBuffer (device path)
         self._uploader = None
         self._registrations = Registrations() if stabilize_mode(self.config.stabilize) == "auto" else None
-        self._refine = refine_mode(self.config.refine)   # learned falls back to guided on the device path
+        self._refine = refine_mode(self.config.refine)
         self._refiner = None         # ONNX Runtime session of the learned edge
         self._features: np.ndarray | None = None
 
@@ -217,9 +218,7 @@ class MsfgnetStage(LearnedStage):
                 logging.getLogger("hazeflow.stages").warning(
                     "stages.msfgnet: stabilize: auto does not compensate camera motion on the device path yet")
             if self._refine == "learned":
-                logging.getLogger("hazeflow.stages").warning(
-                    "stages.msfgnet: refine: learned runs on the host only; the device path refines with guided")
-                self._refine = "guided"
+                self._refiner = self._refine_device_runner()
         elif self._refine == "learned":
             self._refiner = self._refine_runner()
 
@@ -246,6 +245,26 @@ class MsfgnetStage(LearnedStage):
             runner.deactivate()
             raise WeightsError(str(path), f"expects inputs {names}, not one (N, {len(FEATURES)}, H, W) "
                                           f"'{REFINE_INPUT}' tensor (pipeline.refine.FEATURES)")
+        return runner
+
+    def _refine_device_runner(self):
+        """The learned edge for the device path: its state_dict (``refine_weights`` with ``.pt``) in
+        PyTorch on the stage's device and CUDA stream, checked against the manifest."""
+        from engines.torch.runner import TorchRunner
+        from engines.weights import MANIFEST
+        from pipeline.stages.base import load_error, resolve_path
+
+        pt = resolve_path(self.config.refine_weights).with_suffix(".pt")
+        try:
+            runner = TorchRunner(REFINE_FACTORY, weights=pt, device=self.config.device, stream=self._stream,
+                                 input_names=(REFINE_INPUT,), output_names=(REFINE_OUTPUT,),
+                                 manifest=resolve_path(self.config.manifest) if self.config.manifest else MANIFEST,
+                                 name="msfgnet refine")
+            runner.activate()
+        except PipelineError:
+            raise
+        except Exception as e:
+            raise load_error(e, pt) from None
         return runner
 
     def _frames_input(self, path, runner):
@@ -384,7 +403,7 @@ class MsfgnetStage(LearnedStage):
                 batch = windows[members[0]][None] if len(members) == 1 else torch.stack([windows[i] for i in members])
                 prob = self.runner.infer_tensors({self._input_name: batch.mul_(1 / 255)})[OUTPUT_NAME]
                 for k, i in enumerate(members):
-                    self._write_device(frames[i], prob[k:k + 1].float(), sizes[i], images[i])
+                    self._write_device(frames[i], prob[k:k + 1].float(), sizes[i], images[i], batch[k])
 
     def _device_image(self, image, stream):
         """The stage input as a device uint8 tensor: uploaded once if it is still numpy."""
@@ -409,9 +428,10 @@ class MsfgnetStage(LearnedStage):
         self._device_buffer.push(stream_name, grey)
         return self._device_buffer.window(stream_name, self.frames_in_window, self.config.stride)
 
-    def _write_device(self, frame: Frame, prob, size: tuple[int, int], image) -> None:
+    def _write_device(self, frame: Frame, prob, size: tuple[int, int], image, window) -> None:
         """_write on the GPU: 1x1xhxw float probability -> full-size fg_prob and the 0/255 mask;
-        ``image`` is the stage's input on the device (the guide of the refinement)."""
+        ``image`` is the stage's input on the device (the guide of the refinement), ``window`` the
+        network's input (T, h, w) in [0, 1]. The device refines the whole frame, not a rectangle."""
         import torch
 
         from pipeline import guided_torch as gt
@@ -420,7 +440,11 @@ class MsfgnetStage(LearnedStage):
         if self._refine != "off":
             guide = gt.grey_u8(image).to(torch.float32).mul_(1.0 / 255.0)[None, None]
             a, b = gt.guided_coefficients(guide, full, REFINE_RADIUS, REFINE_EPS)
-            full = a.mul_(guide).add_(b)
+            guided = a.mul_(guide).add_(b)
+            if self._refine == "learned":
+                x = refine_inputs_torch(full, guided, image, window)
+                guided = torch.sigmoid(self._refiner.infer_tensors({REFINE_INPUT: x})[REFINE_OUTPUT].float())
+            full = guided
         full = full[0, 0]
         frame.data["fg_prob"] = full
         frame.data["mask"] = (full > self.config.threshold).to(torch.uint8).mul_(255)
