@@ -11,8 +11,9 @@ guided probability's logit:
 
 The last layer starts at zero, so an untrained head gives the guided mask back.
 Three 3x3 convolutions (the middle one dilated by 2) and a 1x1: a 9x9 reach, about 1.7 k
-multiply-accumulates a pixel at 8 channels. It runs only on the rectangle around the
-probability (as the guided filter does).
+multiply-accumulates a pixel at 8 channels. On the host the stage runs it (ONNX Runtime) only on
+the rectangle around the probability, as the guided filter; the device path runs it (PyTorch) on
+the whole frame.
 
 Input ``features``: (N, C, H, W) float32 (pipeline.refine.FEATURES); output ``fg_logit``:
 (N, 1, H, W) float32.
