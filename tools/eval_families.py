@@ -6,7 +6,7 @@ The families and the seed/frame roles are the protocol of docs/models.md
 highway 1450-1700. Validation chooses; test is only reported.
 
     python tools/eval_families.py --split validation [--weights weights/msfgnet.onnx | DIR]
-        [--methods msfgnet,mog2,knn] [--families clean,hard,...] [--json FILE]
+        [--methods msfgnet,mog2,knn] [--families clean,hard,...] [--refine learned|guided|off] [--json FILE]
 
 Every method sees every frame of a sequence in order (synthetic: from frame
 1; highway: from 300 frames before the split's first, the background models'
@@ -87,19 +87,35 @@ def miss_locations(mask: np.ndarray, labels: np.ndarray) -> dict[str, int]:
             "inside": int((missed & ~border & ~ring).sum())}
 
 
+def label_counts(mask: np.ndarray, labels: np.ndarray, roi) -> dict[str, int]:
+    """Pixels of CDnet's labels inside the ROI, and how many of them the mask marks: vehicles (255),
+    shadows (50, background by the rules) and plain background (0)."""
+    inside = np.ones(labels.shape, bool) if roi is None else roi > 0
+    marked = mask > 127
+    out = {}
+    for name, value in (("vehicle", 255), ("shadow", 50), ("background", 0)):
+        where = inside & (labels == value)
+        out[name] = int(where.sum())
+        out[name + "_marked"] = int((where & marked).sum())
+    return out
+
+
 def score_family(method: str, family: str, split: str, weights: str | None,
                  stabilize: str | None = None, thresholds: list[float] | None = None,
-                 band: int = 0) -> dict[str, float]:
+                 band: int = 0, refine: str | None = None) -> dict[str, float]:
     """Confusion summed over the family's sequences -> CDnet metrics, plus frames/s of the method.
     With ``thresholds`` (msfgnet) the probability of the same pass is also scored at each of them,
     under ``by_threshold``. ``band`` > 0 scores against labels with a CDnet-like unknown band
     (``with_band``; a diagnostic)."""
     options = {"weights": weights} if method == "msfgnet" and weights else {}
+    if method == "msfgnet" and refine:
+        options["refine"] = refine
     if stabilize is not None:
         options["stabilize"] = stabilize
     confusion, busy, count = Confusion(), 0.0, 0
     swept = {t: Confusion() for t in (thresholds or [])}
     misses = {"border": 0, "outline": 0, "inside": 0}
+    by_label: dict[str, int] = {}
     stage = build_stage(method, **options)
     compensation = getattr(stage.config, "stabilize", "absent (no camera-motion compensation in this checkout)")
     if stabilize is not None and compensation != stabilize:
@@ -118,11 +134,16 @@ def score_family(method: str, family: str, split: str, weights: str | None,
                     confusion.add(frame.data["mask"], labels, roi)
                     for key, n in miss_locations(frame.data["mask"], labels).items():
                         misses[key] += n
+                    for key, n in label_counts(frame.data["mask"], labels, roi).items():
+                        by_label[key] = by_label.get(key, 0) + n
                     for t, c in swept.items():
                         c.add(np.where(np.asarray(frame.data["fg_prob"]) > t, 255, 0).astype(np.uint8), labels, roi)
             stage.reset_stream(name)
     metrics = confusion.metrics()
     metrics["missed_pixels"] = misses
+    # share of each CDnet label's pixels the mask marks (shadow: label 50, only in CDnet's own labels)
+    metrics["marked_share"] = {k: round(by_label[k + "_marked"] / by_label[k], 5)
+                               for k in ("vehicle", "shadow", "background") if by_label.get(k)}
     if swept:
         metrics["by_threshold"] = {f"{t:g}": c.metrics() for t, c in swept.items()}
     metrics["fps"] = count / busy if busy else math.nan
@@ -156,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="camera-motion compensation of every stage (default: the stages' own default)")
     p.add_argument("--thresholds", type=float, nargs="+", default=None,
                    help="msfgnet: also score its probability at each of these thresholds (one pass)")
+    p.add_argument("--refine", choices=("learned", "guided", "off"), default=None,
+                   help="msfgnet: the mask's edge (default: the stage's, learned)")
     p.add_argument("--label-band", type=int, default=0, metavar="PX",
                    help="diagnostic: leave PX pixels either side of each vehicle's outline unscored, as "
                         "CDnet's own labels do (default 0: the protocol's score)")
@@ -173,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             results[family][method] = score_family(method, family, args.split, args.weights, args.stabilize,
                                                    args.thresholds if method == "msfgnet" else None,
-                                                   args.label_band)
+                                                   args.label_band, args.refine)
             m = results[family][method]
             print(f"{args.split} {family:15s} {method:8s} F {m['F-measure']:.4f} "
                   f"(P {m['Precision']:.3f} R {m['Recall']:.3f}) {m['fps']:.0f} frames/s; missed pixels "
-                  + ", ".join(f"{k} {v}" for k, v in m["missed_pixels"].items()), file=sys.stderr, flush=True)
+                  + ", ".join(f"{k} {v}" for k, v in m["missed_pixels"].items()) + "; marked "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in m["marked_share"].items()), file=sys.stderr, flush=True)
             for t, mt in m.get("by_threshold", {}).items():
                 print(f"{args.split} {family:15s} {method:8s} threshold {t}: F {mt['F-measure']:.4f} "
                       f"(P {mt['Precision']:.3f} R {mt['Recall']:.3f})", file=sys.stderr, flush=True)
-    report = {"split": args.split, "label_band": args.label_band,
+    report = {"split": args.split, "label_band": args.label_band, "refine": args.refine or "stage default",
               "weights": args.weights or "weights/msfgnet.onnx (stage default)",
               "seeds": SEEDS[args.split], "highway_frames": HIGHWAY_FRAMES[args.split], "families": results,
               "mean_F_synthetic": {m: _mean([results[f][m]["F-measure"] for f in results if f in SYNTHETIC])
