@@ -95,3 +95,11 @@ def test_an_exported_head_runs_in_the_stage_as_in_torch(tmp_path, monkeypatch):
     with MsfgnetStage(MsfgnetStage.Config(threads=1, refine_weights=str(onnx), manifest=str(manifest))) as stage:
         out = stage.process([Frame("s", 1, None, image)])[0]
     assert out.data["mask"].shape == (120, 160)
+
+
+def test_options_the_refine_training_does_not_have_are_refused_in_one_line(capsys):
+    from pipeline.cli import main as cli
+
+    assert cli(["train", "msfgnet-refine", "--resume", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume not supported" in err and "\n" not in err
