@@ -316,7 +316,7 @@ def on_cpu_tensors(stage):
         stage._device_buffer = DeviceFrameBuffer(stage.buffer.T)
         if stage._refine == "learned":  # setup made the host's ONNX Runtime head; the device path runs torch
             stage._refiner.deactivate()
-            stage._refiner = stage._refine_device_runner()
+            stage._refiner = stage._refine_runner(device=True)
     return stage
 
 

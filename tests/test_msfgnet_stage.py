@@ -378,7 +378,7 @@ def test_the_device_paths_learned_edge_gives_the_hosts_masks():
     clip = scene(seed=11, frames=60, nuisances="mild")
     host = MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1))
     device = MsfgnetStage(MsfgnetStage.Config(backend="onnxruntime", threads=1))
-    device._refiner = device._refine_device_runner()   # TorchRunner on the config's device (cpu)
+    device._refiner = device._refine_runner(device=True)   # TorchRunner on the config's device (cpu)
     differ, mean_gap = [], []
     with host:
         host.setup()
@@ -408,5 +408,5 @@ def test_the_device_paths_learned_edge_refuses_a_mismatched_state_dict(tmp_path)
     bad.write_bytes(bytes(data))
     stage = MsfgnetStage(MsfgnetStage.Config(refine_weights=str(tmp_path / "msfgnet_refine.onnx")))
     with pytest.raises(WeightsError, match="does not match the manifest") as err:
-        stage._refine_device_runner()
+        stage._refine_runner(device=True)
     assert "msfgnet_refine.pt" in str(err.value) and "\n" not in str(err.value)

@@ -58,10 +58,10 @@ class Frames:
 
     def features(self, i: int, y0: int = 0, x0: int = 0, size: tuple[int, int] | None = None) -> np.ndarray:
         h, w = size or self.labels[i].shape
-        s = np.s_[y0:y0 + h, x0:x0 + w]
-        return np.concatenate([self.prob[i][None][(slice(None), *s)], self.guided[i][None][(slice(None), *s)],
-                               self.bgr[i][(slice(None), *s)] / np.float32(255),
-                               self.change[i][(slice(None), *s)]]).astype(np.float32)
+        rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)
+        return np.concatenate([self.prob[i][None, rows, cols], self.guided[i][None, rows, cols],
+                               self.bgr[i][:, rows, cols] / np.float32(255),
+                               self.change[i][:, rows, cols]]).astype(np.float32)
 
 
 def collect(sequences, stride_frames: int = 1) -> Frames:

@@ -218,53 +218,45 @@ class MsfgnetStage(LearnedStage):
                 logging.getLogger("hazeflow.stages").warning(
                     "stages.msfgnet: stabilize: auto does not compensate camera motion on the device path yet")
             if self._refine == "learned":
-                self._refiner = self._refine_device_runner()
+                self._refiner = self._refine_runner(device=True)
         elif self._refine == "learned":
             self._refiner = self._refine_runner()
 
-    def _refine_runner(self):
-        """ONNX Runtime session of the learned edge, checked against the manifest (the stage's ``manifest``,
-        else the shipped weights')."""
-        from engines.load import runner_for
+    def _refine_runner(self, device: bool = False):
+        """The learned edge's runner, checked against the manifest (the stage's ``manifest``, else the
+        shipped weights'): its ONNX graph (``refine_weights``) in ONNX Runtime on the host, or with
+        ``device`` its state_dict (the ``.pt`` beside it) in PyTorch on the stage's device and stream."""
         from engines.weights import MANIFEST
         from pipeline.stages.base import load_error, resolve_path
 
         path = resolve_path(self.config.refine_weights)
+        manifest = resolve_path(self.config.manifest) if self.config.manifest else MANIFEST
         try:
-            runner = runner_for(path, backend="onnxruntime", threads=self.config.threads or None,
-                                manifest=resolve_path(self.config.manifest) if self.config.manifest else MANIFEST,
-                                name="msfgnet refine")
+            if device:
+                from engines.torch.runner import TorchRunner
+
+                path = path.with_suffix(".pt")
+                runner = TorchRunner(REFINE_FACTORY, weights=path, device=self.config.device, stream=self._stream,
+                                     input_names=(REFINE_INPUT,), output_names=(REFINE_OUTPUT,), manifest=manifest,
+                                     name="msfgnet refine")
+            else:
+                from engines.load import runner_for
+
+                runner = runner_for(path, backend="onnxruntime", threads=self.config.threads or None,
+                                    manifest=manifest, name="msfgnet refine")
             runner.activate()
         except PipelineError:
             raise
         except Exception as e:
             raise load_error(e, path) from None
-        names = [spec.name for spec in runner.input_specs()]
-        if names != [REFINE_INPUT] or len(runner.input_specs()[0].shape) != 4 \
-                or runner.input_specs()[0].shape[1] != len(FEATURES):
+        if device:
+            return runner
+        specs = runner.input_specs()
+        names = [spec.name for spec in specs]
+        if names != [REFINE_INPUT] or len(specs[0].shape) != 4 or specs[0].shape[1] != len(FEATURES):
             runner.deactivate()
             raise WeightsError(str(path), f"expects inputs {names}, not one (N, {len(FEATURES)}, H, W) "
                                           f"'{REFINE_INPUT}' tensor (pipeline.refine.FEATURES)")
-        return runner
-
-    def _refine_device_runner(self):
-        """The learned edge for the device path: its state_dict (``refine_weights`` with ``.pt``) in
-        PyTorch on the stage's device and CUDA stream, checked against the manifest."""
-        from engines.torch.runner import TorchRunner
-        from engines.weights import MANIFEST
-        from pipeline.stages.base import load_error, resolve_path
-
-        pt = resolve_path(self.config.refine_weights).with_suffix(".pt")
-        try:
-            runner = TorchRunner(REFINE_FACTORY, weights=pt, device=self.config.device, stream=self._stream,
-                                 input_names=(REFINE_INPUT,), output_names=(REFINE_OUTPUT,),
-                                 manifest=resolve_path(self.config.manifest) if self.config.manifest else MANIFEST,
-                                 name="msfgnet refine")
-            runner.activate()
-        except PipelineError:
-            raise
-        except Exception as e:
-            raise load_error(e, pt) from None
         return runner
 
     def _frames_input(self, path, runner):
